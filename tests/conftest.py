@@ -1,0 +1,33 @@
+"""Test-wide setup: 8 simulated CPU devices, set before anything imports JAX."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402  (after the environment is set)
+
+
+@pytest.fixture(scope="session")
+def toyshop_tiny(tmp_path_factory):
+  """toyshop/tiny and its tokenizer, built once per test session: (data_dir, builder)."""
+  from eclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+  data_dir = str(tmp_path_factory.mktemp("data"))
+  builder, _ = prepare.prepare("toyshop/tiny", data_dir, num_workers=1, vocab_size=1000)
+  return data_dir, builder
+
+
+@pytest.fixture
+def tiny_input_config(toyshop_tiny):
+  """The default `input` section pointed at toyshop/tiny, small batches, in-process."""
+  from eclip_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  config = pipeline.default_input_config()
+  config.data_dir = toyshop_tiny[0]
+  config.vocab_size = 1000
+  config.batch_size = 8
+  config.image_size = 32
+  return config
