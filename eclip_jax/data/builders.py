@@ -1,0 +1,114 @@
+"""TFDS builders writing ArrayRecord: `toyshop` (synthetic) here, `product_manifest` in
+manifest.py. Importing this module registers both with TFDS.
+
+Any toyshop config name of the form `{size}[_{clutter}][_{N}px][_seed{K}]` works, not just
+the registered ones (see `toyshop.spec_from_name`); names are canonicalized, so `tiny` and
+`tiny_cluttered_64px_seed0` are one dataset on disk.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from eclip_jax.data import manifest  # noqa: F401  (registers product_manifest)
+from eclip_jax.data import schema
+from eclip_jax.data import toyshop
+from eclip_jax.data import toyshop_render
+
+
+def canonical_toyshop_name(spec: toyshop.ToyshopSpec) -> str:
+  size = next(s for s, n in toyshop.SIZE_NUM_LISTINGS.items() if n == spec.num_listings)
+  name = size if spec.clutter == "cluttered" else f"{size}_{spec.clutter}"
+  if spec.image_size != 64:
+    name += f"_{spec.image_size}px"
+  return name + (f"_seed{spec.seed}" if spec.seed else "")
+
+
+class ToyshopConfig(tfds.core.BuilderConfig):
+  """A toyshop variant; `spec` fixes every byte of the generated data."""
+
+  def __init__(self, spec: toyshop.ToyshopSpec):
+    super().__init__(
+        name=canonical_toyshop_name(spec),
+        description=(
+            f"{spec.num_listings} listings, {spec.clutter} scenes, {spec.image_size}px "
+            f"images, seed {spec.seed}"
+        ),
+    )
+    self.spec = spec
+
+  @classmethod
+  def from_name(cls, name: str) -> ToyshopConfig:
+    return cls(toyshop.spec_from_name(name))
+
+
+# Generation runs in worker processes; each builds the (cached, deterministic) catalog once.
+_worker_spec: toyshop.ToyshopSpec | None = None
+
+
+def _init_worker(spec: toyshop.ToyshopSpec) -> None:
+  global _worker_spec
+  _worker_spec = spec
+  toyshop.build_catalog(spec)
+
+
+def _make_listing_in_worker(product_index: int) -> dict[str, Any]:
+  return toyshop.make_listing(_worker_spec, product_index)
+
+
+class Toyshop(tfds.core.GeneratorBasedBuilder):
+  """Synthetic e-commerce listings with boxes, duplicates, video and audio."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  BUILDER_CONFIGS = [
+      ToyshopConfig.from_name(size if clutter == "cluttered" else f"{size}_{clutter}")
+      for size in toyshop.SIZE_NUM_LISTINGS
+      for clutter in toyshop_render.CLUTTER_LEVELS
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = "tiny"
+
+  def __init__(self, *, num_workers: int | None = None, **kwargs):
+    # Workers render in parallel; the default uses every core.
+    self._num_workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
+    super().__init__(**kwargs)
+
+  @classmethod
+  def get_builder_config(cls, name: str, version=None) -> tfds.core.BuilderConfig | None:
+    registered = super().get_builder_config(name, version)
+    if registered is not None:
+      return registered
+    try:
+      return ToyshopConfig.from_name(name)
+    except ValueError:
+      return None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=schema.product_features(toyshop.CATEGORY_NAMES),
+        homepage="https://github.com/eclip-jax/eclip_jax",
+        description=__doc__,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download: the world is generated
+    return {split: self._generate_examples(split) for split, _ in toyshop.SPLIT_FRACTIONS}
+
+  def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    spec = self.builder_config.spec
+    indices = [int(i) for i in toyshop.build_catalog(spec).listings_of_split(split)]
+    num_workers = min(self._num_workers, max(1, len(indices) // 64))
+    if num_workers <= 1:
+      records = (toyshop.make_listing(spec, i) for i in indices)
+      yield from ((r["product_id"], r) for r in records)
+      return
+    # spawn, not fork: the parent may have JAX's threads running (forking those deadlocks).
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(num_workers, initializer=_init_worker, initargs=(spec,)) as pool:
+      for record in pool.imap(_make_listing_in_worker, indices, chunksize=16):
+        yield record["product_id"], record

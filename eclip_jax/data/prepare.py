@@ -1,0 +1,164 @@
+r"""Builds a dataset (TFDS, ArrayRecord) and its tokenizer; idempotent.
+
+  python -m eclip_jax.data.prepare --dataset=toyshop/tiny --data_dir=/tmp/data
+  python -m eclip_jax.data.prepare --dataset=product_manifest --manifest=shop.jsonl \
+      --data_dir=/tmp/data
+
+A second call with the same arguments reuses the build and the tokenizer. `--show=N` prints
+N records and a per-field summary of the train split afterwards.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import app, flags, logging
+from etils import epath
+
+from eclip_jax.data import builders  # noqa: F401  (registers the builders)
+from eclip_jax.data import tokenizer as tokenizer_lib
+
+_DATASET = flags.DEFINE_string("dataset", None, "name[/config], e.g. toyshop/tiny", required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where TFDS datasets live.", required=True)
+_MANIFEST = flags.DEFINE_string("manifest", None, "JSONL manifest (product_manifest only).")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Generation processes (default: all cores).")
+_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "SentencePiece vocabulary size (soft).")
+_TEXT_NORMALIZER = flags.DEFINE_string("text_normalizer", "basic", "Normalizer for tokenizer training.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
+_SHOW = flags.DEFINE_integer("show", 0, "Print this many train records and a field summary.")
+
+
+def make_builder(
+    dataset: str, data_dir: str, *, manifest: str | None = None, num_workers: int | None = None
+) -> tfds.core.DatasetBuilder:
+  """The builder for `dataset` ("name[/config]") set up to write ArrayRecord in data_dir."""
+  name = dataset.split("/")[0]
+  kwargs: dict[str, Any] = {"data_dir": data_dir, "file_format": "array_record"}
+  if name == "toyshop":
+    kwargs["num_workers"] = num_workers
+  elif name == "product_manifest":
+    if manifest is None and not _is_built(dataset, data_dir):
+      raise ValueError("--dataset=product_manifest needs --manifest=FILE (a JSONL manifest)")
+    kwargs["manifest"] = manifest
+  return tfds.builder(dataset, **kwargs)
+
+
+def _is_built(dataset: str, data_dir: str) -> bool:
+  try:
+    return tfds.builder(dataset, data_dir=data_dir).is_prepared()
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def tokenizer_texts(data_source: Any) -> Iterator[str]:
+  """What the tokenizer is trained on: titles, and attribute keys and values."""
+  for index in range(len(data_source)):
+    record = data_source[index]
+    yield record["title"].decode()
+    attributes = record["attributes"]
+    for key, value in zip(attributes["key"], attributes["value"]):
+      yield f"{key.decode()}: {value.decode()}"
+
+
+def prepare(
+    dataset: str,
+    data_dir: str,
+    *,
+    manifest: str | None = None,
+    num_workers: int | None = None,
+    vocab_size: int = 8000,
+    text_normalizer: str = "basic",
+    overwrite: bool = False,
+) -> tuple[tfds.core.DatasetBuilder, epath.Path]:
+  """Builds the dataset and its tokenizer unless present; returns (builder, tokenizer path)."""
+  if overwrite and _is_built(dataset, data_dir):
+    # Delete rather than FORCE_REDOWNLOAD: TFDS loads the old build's category names while
+    # constructing the builder, and refuses a manifest whose categories changed.
+    old_build = tfds.builder(dataset, data_dir=data_dir).data_path
+    logging.info("--overwrite: deleting %s", old_build)
+    old_build.rmtree()
+  builder = make_builder(dataset, data_dir, manifest=manifest, num_workers=num_workers)
+  builder.download_and_prepare()  # reuses an existing build
+
+  tokenizer_path = tokenizer_lib.default_tokenizer_path(builder.data_dir, vocab_size)
+  if not tokenizer_path.exists():
+    train_source = builder.as_data_source(split="train")
+    tokenizer_lib.train_tokenizer(
+        tokenizer_texts(train_source),
+        tokenizer_path,
+        vocab_size=vocab_size,
+        normalizer=text_normalizer,
+    )
+  return builder, tokenizer_path
+
+
+def field_summary(data_source: Any, max_records: int = 1000) -> dict[str, str]:
+  """One line per field: how often present and the typical size, over the first records."""
+  present, sizes = collections.Counter(), collections.defaultdict(list)
+  count = min(len(data_source), max_records)
+  for index in range(count):
+    for field, value in _flatten(data_source[index]).items():
+      size = len(value) if isinstance(value, (bytes, str, list)) else np.size(value)
+      sizes[field].append(size)
+      present[field] += bool(size) if not np.isscalar(value) else 1
+  return {
+      field: f"present {present[field]}/{count}, size mean {np.mean(sizes[field]):.1f} "
+      f"max {np.max(sizes[field])}"
+      for field in sorted(sizes)
+  }
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in record.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}/"))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def show(builder: tfds.core.DatasetBuilder, num_records: int) -> None:
+  source = builder.as_data_source(split="train")
+  print(f"{builder.info.full_name}: " + ", ".join(
+      f"{split} {info.num_examples}" for split, info in builder.info.splits.items()))
+  for index in range(min(num_records, len(source))):
+    record = source[index]
+    attributes = ", ".join(
+        f"{k.decode()}={v.decode()}"
+        for k, v in zip(record["attributes"]["key"], record["attributes"]["value"])
+    )
+    print(
+        f"  {record['product_id'].decode()} catalog={record['catalog_id'].decode()} "
+        f"[{record['category_name'].decode()}] {record['title'].decode()!r}\n"
+        f"    attributes: {attributes}\n"
+        f"    {len(record['images'])} images, {len(record['video_frames'])} video frames, "
+        f"{len(record['audio']['waveform'])} audio samples, restricted={record['restricted']}"
+    )
+  print("per-field summary (train):")
+  for field, line in field_summary(source).items():
+    print(f"  {field:22s} {line}")
+
+
+def main(argv):
+  del argv
+  builder, tokenizer_path = prepare(
+      _DATASET.value,
+      _DATA_DIR.value,
+      manifest=_MANIFEST.value,
+      num_workers=_NUM_WORKERS.value,
+      vocab_size=_VOCAB_SIZE.value,
+      text_normalizer=_TEXT_NORMALIZER.value,
+      overwrite=_OVERWRITE.value,
+  )
+  print(f"dataset: {builder.data_dir}\ntokenizer: {tokenizer_path}")
+  if _SHOW.value:
+    show(builder, _SHOW.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
