@@ -1,0 +1,334 @@
+"""Input pipelines assembled from a config's `input` section.
+
+Training (`make_train_iterator`):
+
+    tfds.data_source(split) -> grain.MapDataset -> this process's shard -> seeded shuffle
+    -> repeat (reshuffled every epoch) -> ExampleTransform (random, seeded per element)
+    -> drop + tally skip markers -> batch (drop remainder) -> multiprocessing prefetch
+    -> pop the tallies into the iterator's running `stats`
+
+The iterator is a `grain.DatasetIterator`: `get_state()`/`set_state()` round-trip, and the
+skip counts are part of the state, so a restored run reports the same totals. Resuming
+requires the same `input.num_workers` (Grain slices the stream per worker).
+
+Evaluation (`make_eval_iterator`) walks a split once, in order: every example exactly once
+over all processes, padded to full, equally many batches per process, with `_valid` false
+on padding rows and on records that had to be skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags, logging
+
+from eclip_jax.data import builders  # noqa: F401  (registers the builders)
+from eclip_jax.data import tokenizer as tokenizer_lib
+from eclip_jax.data import transforms
+
+VALID_KEY = "_valid"
+
+
+def default_input_config() -> ml_collections.ConfigDict:
+  """The `input` section every method config starts from (fields documented inline)."""
+  return ml_collections.ConfigDict({
+      "dataset": "toyshop/tiny",  # TFDS name[/config]
+      "data_dir": "data",  # where `prepare` built it
+      "train_split": "train",
+      "batch_size": 64,  # global, over all processes
+      "num_workers": 0,  # Grain worker processes; 0 = in the main process
+      "read_threads": 4,  # threads per process reading + transforming records
+      "prefetch_buffer_size": 128,  # elements read ahead per process
+      "modalities": ("image", "text"),  # of transforms.MODALITIES
+      "image_size": 64,
+      "num_views": 1,  # images of the product per example (ECLIP uses 2)
+      "crop_scale": (0.35, 1.0),  # random-resized-crop area fraction (training)
+      "flip": True,
+      "value_range": (-1.0, 1.0),
+      "tokenizer": "",  # .model path; "" = the one `prepare` stored beside the dataset
+      "vocab_size": 8000,  # picks that default tokenizer
+      "text_normalizer": "basic",
+      "max_text_len": 32,
+      "max_table_len": 64,
+      "video_frames": 8,
+      "video_size": 32,
+      "audio_samples": 8000,
+      "audio_sample_rate": 16_000,
+  })
+
+
+class FieldsDataSource:
+  """A TFDS ArrayRecord split that deserializes only some top-level fields.
+
+  Parsing every field of a record (eight video frames, a waveform, ...) costs several times
+  more than parsing the few a CLIP-style transform reads; TFDS's numpy parser skips
+  serialized fields absent from the spec it is given.
+  """
+
+  def __init__(self, tfds_source, fields: Sequence[str]):
+    all_features = tfds_source.dataset_info.features
+    self._features = tfds.features.FeaturesDict({f: all_features[f] for f in fields})
+    self._records = tfds_source.data_source  # raw serialized records
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self._features.deserialize_example_np(self._records[index])
+
+
+def prepared_builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The builder of a prepared dataset, or one clear error saying how to build it."""
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  except Exception as error:  # TFDS raises several types for unknown names/configs
+    raise ValueError(f"input.dataset={dataset!r} is not a known dataset: {error}") from error
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"input.dataset={dataset!r} is not built in input.data_dir={data_dir!r}; build it "
+        f"with `python -m eclip_jax.data.prepare --dataset={dataset} --data_dir={data_dir}`"
+    )
+  return builder
+
+
+def open_split(builder: tfds.core.DatasetBuilder, split: str, fields: Sequence[str] | None = None):
+  """The random-access data source of `split`, deserializing only `fields` if given."""
+  if split not in builder.info.splits:
+    raise ValueError(
+        f"split {split!r} of {builder.info.full_name} does not exist; it has "
+        f"{sorted(builder.info.splits)}"
+    )
+  source = builder.as_data_source(split=split)
+  return source if fields is None else FieldsDataSource(source, fields)
+
+
+def make_transform(
+    input_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+) -> transforms.ExampleTransform:
+  """The example transform the `input` section describes (tokenizer included)."""
+  tokenizer_path = input_config.tokenizer or str(
+      tokenizer_lib.default_tokenizer_path(builder.data_dir, input_config.vocab_size)
+  )
+  return transforms.ExampleTransform(
+      tokenizer=tokenizer_lib.Tokenizer(tokenizer_path),
+      modalities=tuple(input_config.modalities),
+      image_size=input_config.image_size,
+      num_views=input_config.num_views,
+      crop_scale=tuple(input_config.crop_scale),
+      flip=input_config.flip,
+      value_range=tuple(input_config.value_range),
+      max_text_len=input_config.max_text_len,
+      text_normalizer=input_config.text_normalizer,
+      max_table_len=input_config.max_table_len,
+      video_frames=input_config.video_frames,
+      video_size=input_config.video_size,
+      audio_samples=input_config.audio_samples,
+      audio_sample_rate=input_config.audio_sample_rate,
+  )
+
+
+def _prefetch_in_workers(dataset: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+  if num_workers <= 0:
+    return dataset
+  # Grain's workers read absl flags; outside an absl app (pytest, Colab) nobody parsed them.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+
+
+def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"input.batch_size={global_batch_size} is not divisible by the {process_count} "
+        "processes; make it a multiple of the process count"
+    )
+  return global_batch_size // process_count
+
+
+# ---------------------------------------------------------------------------------------
+# Training.
+# ---------------------------------------------------------------------------------------
+
+
+class _DropSkipped(grain.IterDataset):
+  """Drops skip markers; the next kept example carries the tally of what was dropped."""
+
+  def __init__(self, parent: grain.IterDataset, max_consecutive_skips: int):
+    super().__init__(parent)
+    self._max_consecutive_skips = max_consecutive_skips
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _DropSkippedIterator(self._parent.__iter__(), self._max_consecutive_skips)
+
+
+class _DropSkippedIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, max_consecutive_skips: int):
+    super().__init__(parent)
+    self._max_consecutive_skips = max_consecutive_skips
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    tally = np.zeros(len(transforms.SKIP_REASONS), np.int32)
+    while True:
+      element = next(self._parent)
+      if transforms.SKIP_KEY not in element:
+        element[transforms.SKIPPED_KEY] = tally
+        return element
+      tally[element[transforms.SKIP_KEY]] += 1
+      if tally.sum() > self._max_consecutive_skips:  # a whole epoch of bad records
+        counts = dict(zip(transforms.SKIP_REASONS, tally.tolist()))
+        raise RuntimeError(f"every record of the training split is being skipped: {counts}")
+
+  def get_state(self) -> dict[str, Any]:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state)
+
+
+class SkipCountingIterator(grain.DatasetIterator):
+  """Removes the per-example skip tallies from batches and keeps running totals.
+
+  `stats` maps `skipped/<reason>` to counts over the whole run (restored with the state).
+  """
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self._skipped = np.zeros(len(transforms.SKIP_REASONS), np.int64)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._parent)
+    newly_skipped = np.asarray(batch.pop(transforms.SKIPPED_KEY)).reshape(
+        -1, len(transforms.SKIP_REASONS)).sum(axis=0)
+    if newly_skipped.any():
+      self._skipped += newly_skipped
+      logging.warning("input pipeline skipped bad records; totals so far: %s", self.stats)
+    return batch
+
+  @property
+  def stats(self) -> dict[str, int]:
+    return {f"skipped/{r}": int(n) for r, n in zip(transforms.SKIP_REASONS, self._skipped)}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._parent.get_state(), "skipped": self._skipped.tolist()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._skipped = np.asarray(state["skipped"], np.int64)
+
+  def close(self) -> None:
+    self._parent.close()
+
+
+def make_train_iterator(
+    input_config: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> SkipCountingIterator:
+  """An endless, checkpointable iterator of this process's training batches."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  batch_size = per_process_batch_size(input_config.batch_size, process_count)
+  builder = prepared_builder(input_config.dataset, input_config.data_dir)
+  transform = make_transform(input_config, builder)
+  source = open_split(builder, input_config.train_split, transform.required_fields())
+
+  dataset = grain.MapDataset.source(source)[process_index::process_count]
+  shard_size = len(dataset)
+  dataset = dataset.shuffle(seed=seed).repeat()
+  dataset = dataset.random_map(transform, seed=seed)
+  dataset = dataset.to_iter_dataset(
+      grain.ReadOptions(
+          num_threads=input_config.read_threads,
+          prefetch_buffer_size=input_config.prefetch_buffer_size,
+      )
+  )
+  dataset = _DropSkipped(dataset, max_consecutive_skips=shard_size)
+  dataset = dataset.batch(batch_size, drop_remainder=True)
+  dataset = _prefetch_in_workers(dataset, input_config.num_workers)
+  return SkipCountingIterator(dataset.__iter__())
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------------------
+
+
+class _EvalExample:
+  """Index -> example of this process's shard, or a `_valid=False` padding row."""
+
+  def __init__(self, source, transform: transforms.ExampleTransform, start: int, stop: int):
+    self._source, self._transform = source, transform
+    self._start, self._stop = start, stop
+    self._padding = None
+
+  def __call__(self, offset: int) -> dict[str, np.ndarray]:
+    index = self._start + offset
+    tally = np.zeros(len(transforms.SKIP_REASONS), np.int32)
+    if index < self._stop:
+      example = self._transform(self._source[index])
+      if transforms.SKIP_KEY not in example:
+        return {**example, VALID_KEY: np.bool_(True), transforms.SKIPPED_KEY: tally}
+      tally[example[transforms.SKIP_KEY]] = 1
+    return {**self._padding_row(), transforms.SKIPPED_KEY: tally}
+
+  def _padding_row(self) -> dict[str, np.ndarray]:
+    """Zeros shaped like a real example (the first good record of the split)."""
+    if self._padding is None:
+      for index in range(len(self._source)):
+        example = self._transform(self._source[index])
+        if transforms.SKIP_KEY not in example:
+          self._padding = {k: np.zeros_like(v) for k, v in example.items()}
+          self._padding[VALID_KEY] = np.bool_(False)
+          break
+      else:
+        raise RuntimeError("every record of the evaluation split is unusable")
+    return self._padding
+
+
+def eval_shard(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """The contiguous [start, stop) of examples this process evaluates."""
+  per_process = math.ceil(num_examples / process_count)
+  start = min(num_examples, process_index * per_process)
+  return start, min(num_examples, start + per_process)
+
+
+def make_eval_iterator(
+    input_config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    batch_size: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `split`; every process yields the same number of full batches."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  batch_size = per_process_batch_size(batch_size or input_config.batch_size, process_count)
+  builder = prepared_builder(input_config.dataset, input_config.data_dir)
+  transform = make_transform(input_config, builder)
+  source = open_split(builder, split, transform.required_fields())
+  start, stop = eval_shard(len(source), process_index, process_count)
+  # Every process runs the same number of batches, or a collective would wait forever.
+  num_batches = math.ceil(math.ceil(len(source) / process_count) / batch_size)
+
+  dataset = grain.MapDataset.range(num_batches * batch_size)
+  dataset = dataset.map(_EvalExample(source, transform, start, stop))
+  # Batch before worker slicing, so workers hand out whole batches and every one is full.
+  dataset = dataset.batch(batch_size).to_iter_dataset(
+      grain.ReadOptions(
+          num_threads=input_config.read_threads,
+          prefetch_buffer_size=input_config.prefetch_buffer_size,
+      )
+  )
+  dataset = _prefetch_in_workers(dataset, input_config.num_workers)
+  return SkipCountingIterator(dataset.__iter__())

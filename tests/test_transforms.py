@@ -1,0 +1,152 @@
+"""Example transforms: crop-aware decode, crops and boxes, views, masks, skip markers."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eclip_jax.data import schema
+from eclip_jax.data import tokenizer as tokenizer_lib
+from eclip_jax.data import transforms
+
+
+def _encode(pixels, fmt="JPEG"):
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format=fmt, quality=95)
+  return buffer.getvalue()
+
+
+def _solid(color, size=48):
+  return np.full((size, size, 3), color, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tok") / "spm.model"
+  texts = [f"{c} mug {k}: {v}" for c in ("red", "blue") for k, v in [("color", c)]] * 50
+  return tokenizer_lib.Tokenizer(tokenizer_lib.train_tokenizer(texts, path, vocab_size=400))
+
+
+def _record(images, title="red mug", **fields):
+  record = schema.empty_optional_fields()
+  record.update(
+      product_index=7, catalog_index=3, category=2, title=title.encode(),
+      images=images, attributes={"key": [b"color"], "value": [b"red"]},
+  )
+  record.update(fields)
+  return record
+
+
+def test_crop_aware_decode_matches_full_decode():
+  # A smooth 512px image: DCT-scaled decoding should barely change a 64px crop.
+  y, x = np.mgrid[0:512, 0:512]
+  pixels = np.stack([x / 2, y / 2, (x + y) / 4], axis=-1).astype(np.uint8)
+  encoded = _encode(pixels)
+  crop = (64.0, 32.0, 448.0, 416.0)
+  drafted, used_crop, source_size = transforms.decode_crop_resize(encoded, 64, lambda w, h: crop)
+  assert used_crop == crop and source_size == (512, 512)
+  reference = np.asarray(
+      Image.open(io.BytesIO(encoded)).convert("RGB").resize(
+          (64, 64), Image.Resampling.BILINEAR, box=crop)
+  )
+  assert np.abs(drafted.astype(float) - reference).mean() < 2.0
+
+
+def test_undecodable_bytes_raise_skip():
+  with pytest.raises(transforms.SkipRecord, match="undecodable_image"):
+    transforms.decode_crop_resize(b"\xff\xd8 not a jpeg", 32, transforms.center_crop_box)
+  truncated = _encode(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[:300]
+  with pytest.raises(transforms.SkipRecord):
+    transforms.decode_crop_resize(truncated, 32, transforms.center_crop_box)
+
+
+def test_random_resized_crop_stays_inside_and_respects_scale():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    left, top, right, bottom = transforms.random_resized_crop_box(rng, 120, 80, (0.3, 1.0))
+    assert 0 <= left < right <= 120 + 1e-9 and 0 <= top < bottom <= 80 + 1e-9
+    area = (right - left) * (bottom - top) / (120 * 80)
+    assert 0.3 - 1e-9 <= area <= 1.0 + 1e-9
+
+
+def test_box_in_crop_known_answer():
+  # Source 100x50, box x 20..60, y 10..40 px; crop x 10..90, y 0..40 px.
+  box = np.array([0.2, 0.2, 0.6, 0.8], np.float32)
+  mapped, visible = transforms.box_in_crop(box, (10, 0, 90, 40), (100, 50), flipped=False)
+  np.testing.assert_allclose(mapped, [10 / 80, 10 / 40, 50 / 80, 1.0], atol=1e-6)
+  assert visible
+  flipped, _ = transforms.box_in_crop(box, (10, 0, 90, 40), (100, 50), flipped=True)
+  np.testing.assert_allclose(flipped, [1 - 50 / 80, 10 / 40, 1 - 10 / 80, 1.0], atol=1e-6)
+  _, visible = transforms.box_in_crop(box, (70, 0, 100, 50), (100, 50), flipped=False)
+  assert not visible
+
+
+def test_two_views_are_two_different_images_of_the_product(tokenizer):
+  red, blue = _encode(_solid((255, 0, 0))), _encode(_solid((0, 0, 255)))
+  transform = transforms.ExampleTransform(tokenizer, image_size=16, num_views=2)
+  for seed in range(10):
+    example = transform(_record([red, blue]), np.random.default_rng(seed))
+    assert example["images"].shape == (2, 16, 16, 3)
+    dominant = sorted(int(np.argmax(view.mean(axis=(0, 1)))) for view in example["images"])
+    assert dominant == [0, 2]  # one red view, one blue view
+  # A single image serves both views, augmented differently.
+  rng = np.random.default_rng(0)
+  y, x = np.mgrid[0:64, 0:64]
+  textured = _encode(np.stack([x * 4, y * 4, (x * y) % 256], -1).astype(np.uint8))
+  example = transforms.ExampleTransform(tokenizer, image_size=16, num_views=2)(
+      _record([textured]), rng)
+  assert not np.allclose(example["images"][0], example["images"][1])
+
+
+def test_example_keys_values_and_absent_modalities(tokenizer):
+  transform = transforms.ExampleTransform(
+      tokenizer, modalities=transforms.MODALITIES, image_size=16, audio_samples=100,
+      video_frames=4, video_size=8,
+  )
+  record = _record([_encode(_solid((0, 255, 0)), "PNG")], title="  RED Mug ",
+                   boxes=np.array([[0.0, 0.0, 1.0, 1.0]], np.float32))
+  example = transform(record)  # eval: center crop, no flip
+  assert example["image"].shape == (16, 16, 3) and example["image"].dtype == np.float32
+  assert -1.0 <= example["image"].min() and example["image"].max() <= 1.0
+  np.testing.assert_allclose(example["image"][..., 1], 1.0, atol=0.02)
+  np.testing.assert_array_equal(example["text_tokens"], tokenizer.encode(["red mug"], 32)[0][0])
+  assert example["box_mask"] and example["product_id"] == 7 and example["catalog_id"] == 3
+  assert example["table_mask"].any()
+  # Absent video and audio: zeros with all-false masks (the modality is missing).
+  assert example["video"].shape == (4, 8, 8, 3) and not example["video_mask"].any()
+  assert example["audio"].shape == (100,) and not example["audio_mask"].any()
+  assert not transform(_record([_encode(_solid(0), "PNG")], attributes={"key": [], "value": []})
+                       )["table_mask"].any()
+
+
+def test_audio_resampled_and_video_frames_sampled(tokenizer):
+  transform = transforms.ExampleTransform(
+      tokenizer, modalities=("text", "video", "audio"), audio_samples=80,
+      audio_sample_rate=8000, video_frames=4, video_size=8,
+  )
+  waveform = (np.sin(np.arange(160) / 5) * 16000).astype(np.int16)  # 10 ms at 16 kHz
+  frames = [_encode(_solid((i * 30, 0, 0), 16)) for i in range(2)]
+  example = transform(_record([], audio={"waveform": waveform, "sample_rate": 16000},
+                              video_frames=frames))
+  assert example["audio_mask"].sum() == 80  # 160 samples at 16 kHz = 80 at 8 kHz
+  np.testing.assert_allclose(example["audio"][40], waveform[80] / 32768, atol=0.02)
+  np.testing.assert_array_equal(example["video_mask"], [True, True, False, False])
+
+
+@pytest.mark.parametrize("record_kwargs, reason", [
+    (dict(title="   "), "empty_title"),
+    (dict(images=[]), "no_images"),
+    (dict(images=[b"garbage"]), "undecodable_image"),
+])
+def test_bad_records_become_skip_markers(tokenizer, record_kwargs, reason):
+  transform = transforms.ExampleTransform(tokenizer, image_size=16)
+  record = _record([_encode(_solid(0))])
+  record.update({k: (v.encode() if k == "title" else v) for k, v in record_kwargs.items()})
+  assert transform(record, np.random.default_rng(0)) == {
+      transforms.SKIP_KEY: transforms.SKIP_REASONS.index(reason)}
+
+
+def test_normalizer_mismatch_is_refused(tokenizer):
+  with pytest.raises(ValueError, match="trained after 'basic'"):
+    transforms.ExampleTransform(tokenizer, text_normalizer="none")
