@@ -214,19 +214,17 @@ class ExampleTransform:
       pixels, crop, source_size = decode_crop_resize(
           encoded[image_index], self.image_size, choose_crop
       )
-      if flipped:
-        pixels = pixels[:, ::-1]
-      views.append(pixels)
+      views.append(_to_value_range(pixels[:, ::-1] if flipped else pixels, self.value_range))
       if len(boxes):
         box, visible = box_in_crop(boxes[image_index], crop, source_size, flipped)
       else:
         box, visible = np.zeros(4, np.float32), False
       view_boxes.append(box)
       view_box_mask.append(visible)
-    images = _to_value_range(np.stack(views), self.value_range)
     if self.num_views == 1:
-      return {"image": images[0], "box": view_boxes[0], "box_mask": np.bool_(view_box_mask[0])}
-    return {"images": images, "boxes": np.stack(view_boxes), "box_mask": np.array(view_box_mask)}
+      return {"image": views[0], "box": view_boxes[0], "box_mask": np.bool_(view_box_mask[0])}
+    return {"images": np.stack(views), "boxes": np.stack(view_boxes),
+            "box_mask": np.array(view_box_mask)}
 
   def _view_indices(self, num_images: int, rng) -> list[int]:
     """Distinct images of the product where it has enough; otherwise images repeat (their
@@ -290,4 +288,7 @@ def _to_str(value: bytes | str) -> str:
 
 def _to_value_range(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
   low, high = value_range
-  return (pixels.astype(np.float32) * ((high - low) / 255.0) + low).astype(np.float32)
+  scaled = pixels.astype(np.float32)  # a copy, also of a flipped view: contiguous output
+  scaled *= (high - low) / 255.0
+  scaled += low
+  return scaled
