@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "pillow>=11,<14",
     "tqdm>=4.66",
+    # TensorBoard event files without TensorFlow.
+    "tensorboardX>=2.6,<3",
 ]
 
 setuptools.setup(

@@ -31,3 +31,9 @@ def tiny_input_config(toyshop_tiny):
   config.batch_size = 8
   config.image_size = 32
   return config
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: end-to-end runs (subprocesses, many steps); still run in CI"
+  )

@@ -1,0 +1,168 @@
+"""Checkpoints: Orbax `CheckpointManager` over `WORKDIR/checkpoints/<step>/`, async.
+
+Each checkpoint holds three items:
+
+- `state`: the train state (step, params, optimizer state), saved sharded by every process;
+- `data`: each process's input iterator state (Grain's handler, one JSON file per process),
+  so a resumed run sees exactly the batches an uninterrupted run would;
+- `config`: the run's config as JSON, for notebooks and `--mode=eval`.
+
+Restoring goes through an abstract target carrying the *current* mesh's shardings, so a
+checkpoint written on one topology (8 devices) restores on another (1 device, a 2x2x2 mesh).
+Orbax writes into a temporary directory and renames it when complete, so a crash mid-save
+never leaves a checkpoint that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from eclip_jax import optim
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class _DataStateSnapshot:
+  """The input iterator's state, frozen when `save` is called.
+
+  Grain's handler calls `get_state()` when it writes, which with async checkpointing may be
+  after training has moved on; a snapshot pins the state to the saved step. Grain's handler
+  writes a non-`DatasetIterator` item's `get_state()` bytes verbatim (here: JSON).
+  """
+
+  def __init__(self, iterator: grain.DatasetIterator):
+    self._state = json.dumps(iterator.get_state(), indent=1).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+class Checkpointer:
+  """Saves and restores the train state, the data iterator and the config of one run."""
+
+  def __init__(self, workdir: str | epath.Path, *, keep: int = 3, keep_every: int = 0,
+               async_save: bool = True):
+    self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        keep_period=keep_every or None,  # steps divisible by it are never deleted
+        enable_async_checkpointing=async_save,
+        create=True,
+        cleanup_tmp_directories=True,  # leftovers of a save interrupted by a crash
+    )
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "data", "config"), options=options
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
+           config: ml_collections.ConfigDict) -> None:
+    """Starts an async save of `state` at `step` (returns once device buffers are copied)."""
+    items = {
+        "state": ocp.args.StandardSave(state),
+        "config": ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+    }
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(_DataStateSnapshot(data_iterator))
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, step: int, abstract_state: Any,
+              data_iterator: grain.DatasetIterator | None = None) -> Any:
+    """The state at `step`, laid out as `abstract_state` says; restores `data_iterator` too."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"]
+
+  def restore_config(self, step: int) -> dict[str, Any]:
+    return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+        "config"
+    ]
+
+  def wait(self) -> None:
+    """Blocks until the last async save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  """`jax.ShapeDtypeStruct`s carrying the target shardings: Orbax's restore target."""
+  return jax.tree.map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      tree,
+      shardings,
+  )
+
+
+def _resolve_checkpoint_dir(path: str) -> tuple[epath.Path, int]:
+  """`init_from` may name a run workdir, its `checkpoints/` dir or one step's dir."""
+  path = epath.Path(path)
+  if (path / CHECKPOINT_DIR).exists():
+    path = path / CHECKPOINT_DIR
+  if path.name.isdigit() and (path / "state").exists():
+    return path.parent, int(path.name)
+  steps = ocp.utils.checkpoint_steps(path) if path.exists() else []
+  if not steps:
+    raise FileNotFoundError(
+        f"config.init_from={str(path)!r} has no checkpoint; point it at a run workdir, its "
+        "checkpoints/ directory or one step's directory."
+    )
+  return path, max(steps)
+
+
+def load_params(init_from: str, params: Any, abstract_params: Any, include: str) -> Any:
+  """`params` with the leaves whose path matches `include` replaced by those saved in
+  `init_from` (params only; the optimizer state starts fresh)."""
+  directory, step = _resolve_checkpoint_dir(init_from)
+  pattern = re.compile(include)
+  wanted = optim.map_params(lambda path, _: bool(pattern.search(path)), params)
+  target = _prune(abstract_params, wanted)
+  if not target:
+    raise ValueError(f"config.init_params={include!r} matches no parameter.")
+  with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": target},
+            restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
+            partial_restore=True,
+        )),
+    )["state"]["params"]
+  logging.info("Loaded %d parameter arrays from %s step %d.",
+               len(jax.tree.leaves(restored)), directory, step)
+  return _merge(params, restored)
+
+
+def _prune(tree: dict, wanted: dict) -> dict:
+  """The sub-dict of `tree` whose leaves are `True` in `wanted` (empty branches dropped)."""
+  pruned = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      value = _prune(value, wanted[key])
+      if value:
+        pruned[key] = value
+    elif wanted[key]:
+      pruned[key] = value
+  return pruned
+
+
+def _merge(tree: dict, update: dict) -> dict:
+  return {key: _merge(value, update[key]) if isinstance(value, dict) and key in update
+          else update.get(key, value) for key, value in tree.items()}

@@ -1,0 +1,65 @@
+"""The fields every method config has, with their defaults and meaning.
+
+Method configs (`configs/*.py`) start from `base_config()` and fill in `model`, `objectives`
+and `evals`; the trainer rejects fields of the other sections that are not defined here, so a
+typo fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from eclip_jax import parallel
+from eclip_jax.data import pipeline
+
+# Sections methods fill with their own fields.
+METHOD_SECTIONS = ("model", "objectives", "evals")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a method config has; method files fill in `model`, `objectives`, `evals`."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.total_steps = 1000  # the length of the schedule
+  config.stop_after_steps = 0  # stop (with a checkpoint) at this step; 0 = at total_steps
+  config.log_every_steps = 50
+  config.eval_every_steps = 500  # 0: only at the end
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3  # most recent ones kept
+  config.keep_checkpoints_every_steps = 0  # also keep every M-th step forever (0: none)
+  config.init_from = ""  # a checkpoint dir or run workdir: load params only (not opt state)
+  config.init_params = ".*"  # regex over "/"-joined param paths to take from init_from
+  config.peak_flops_per_device = 0.0  # for MFU; 0 = unknown, MFU not reported
+
+  config.input = pipeline.default_input_config()
+  config.mesh = parallel.default_mesh_config()
+  config.sharding_rules = parallel.DEFAULT_SHARDING_RULES
+
+  config.model = ml_collections.ConfigDict()
+  config.objectives = ml_collections.ConfigDict()  # objective name -> loss weight
+
+  config.loss = ml_collections.ConfigDict({
+      "kind": "softmax",  # "softmax" (CLIP InfoNCE) or "sigmoid" (SigLIP)
+      "impl": "gather",  # sharded implementation of contrastive_loss
+      "positives": "pair",  # "pair", "product" or "catalog": rows with equal ids are positives
+      "tile": 0,  # rows per tile for impl="tiled"; 0 = the implementation's default
+  })
+
+  config.optim = ml_collections.ConfigDict({
+      "lr": 1e-3,
+      "schedule": "cosine",  # "cosine", "linear" (to 0) or "constant", after linear warmup
+      "warmup_steps": 100,
+      "end_lr_fraction": 0.0,
+      "weight_decay": 0.1,
+      "b1": 0.9,
+      "b2": 0.98,
+      "eps": 1e-6,
+      "grad_clip": 1.0,  # global norm; 0 = off
+      # Regexes over "/"-joined param paths. No decay on norms, biases, embeddings, temperature:
+      "no_decay": r"(^|/)(bias|scale|token_embed|pos_embed|cls_token|probe|logit_scale|logit_bias)$",
+      "lr_multipliers": (),  # ((regex, multiplier), ...), first match wins
+      "freeze": "",  # regex of params kept fixed (e.g. "^img/" for a pretrained image tower)
+  })
+
+  config.evals = ml_collections.ConfigDict()
+  return config

@@ -1,0 +1,62 @@
+"""Evaluators, built by name from a config's `evals` section.
+
+`config.evals` holds named entries, each choosing an evaluator by `type`:
+
+    config.evals.val_retrieval = dict(type="retrieval", positives="catalog")
+    config.evals.val_zeroshot = dict(type="zeroshot_classification", split="test")
+
+`build_evaluators` turns them into objects whose `run(params)` makes one pass over the
+entry's split and returns flat metrics (`{"i2t_r1": ...}`; the trainer prefixes
+`eval/<name>/`). Each type's module docstring lists its fields and metrics; every entry
+also takes `split` (default "validation") and overrides of `config.input` fields, notably
+`batch_size` (global, a multiple of the data-parallel size).
+
+The model is reached only through `apply_fn(params, global_batch) -> outputs`, supplied by
+the trainer: evaluators read the output names DESIGN.md fixes (`image_emb`, `text_emb`),
+never model internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import ml_collections
+from jax.sharding import Mesh
+
+from eclip_jax.evals import classification
+from eclip_jax.evals import common
+from eclip_jax.evals import retrieval
+
+
+class Evaluator(Protocol):
+
+  def run(self, params: Any) -> dict[str, float | int]:
+    """One pass over the evaluator's split with `params`; metrics without a prefix."""
+
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    "retrieval": retrieval.RetrievalEvaluator,
+    "zeroshot_classification": classification.ZeroShotClassificationEvaluator,
+}
+
+
+def build_evaluators(
+    evals_config: ml_collections.ConfigDict,
+    *,
+    input_config: ml_collections.ConfigDict,
+    apply_fn: common.ApplyFn,
+    mesh: Mesh,
+) -> dict[str, Evaluator]:
+  """One evaluator per entry of `evals_config`; misconfiguration raises here, before any
+  compilation."""
+  evaluators = {}
+  for name, entry in evals_config.items():
+    kind = entry.get("type")
+    if kind not in EVALUATORS:
+      raise ValueError(
+          f"config.evals.{name}.type={kind!r} is unknown; known types: {sorted(EVALUATORS)}"
+      )
+    evaluators[name] = EVALUATORS[kind](
+        name, entry, input_config=input_config, apply_fn=apply_fn, mesh=mesh
+    )
+  return evaluators

@@ -1,0 +1,136 @@
+"""Zero-shot category classification: each image takes the class whose prompts it matches.
+
+A class's embedding is CLIP's prompt ensemble: every template ("a photo of a {}.", ...)
+filled with the class's display name, normalized and tokenized exactly as the input
+pipeline treats titles, embedded by the text tower, L2-normalized, averaged over
+templates and renormalized. An image is classified by cosine similarity to the class
+embeddings. The classes are the dataset's `category` labels, displayed as words (toyshop's
+category keys through `toyshop.CATEGORY_INFO`, other labels with `_` read as a space).
+
+Config entry (`config.evals.<name>`): `type="zeroshot_classification"`,
+`split="validation"`, `templates=DEFAULT_TEMPLATES` (format strings with one `{}`), and
+any `config.input` field to override (`batch_size`, ...).
+Metrics: `top1`, `top5`, `chance_top1` (1 / number of classes), `num_examples`,
+`num_skipped` (bad records of the split).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from eclip_jax import parallel
+from eclip_jax.data import text as text_lib
+from eclip_jax.data import toyshop
+from eclip_jax.evals import common
+from eclip_jax.evals import retrieval
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a {} for sale.", "{}")
+
+
+def class_display_name(dataset_name: str, label: str) -> str:
+  """How a prompt names the class of ClassLabel name `label` of dataset `dataset_name`."""
+  if dataset_name == "toyshop" and label in toyshop.CATEGORY_INFO:
+    return toyshop.CATEGORY_INFO[label][0]
+  return label.replace("_", " ")
+
+
+def _replicated_rows_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Rows every process holds in full -> global arrays split over the batch axes.
+
+  `parallel.to_global` takes each process's own rows; the prompts are the same on every
+  process, so each passes all of them and keeps the rows its devices hold.
+  """
+  sharding = parallel.batch_sharding(mesh)
+  return {
+      key: jax.make_array_from_process_local_data(sharding, value, value.shape)
+      for key, value in batch.items()
+  }
+
+
+class ZeroShotClassificationEvaluator:
+  """Top-1/top-5 category accuracy from prompt-ensembled class embeddings."""
+
+  DEFAULTS = {"templates": DEFAULT_TEMPLATES}
+
+  def __init__(
+      self,
+      name: str,
+      entry: Mapping[str, Any],
+      *,
+      input_config: ml_collections.ConfigDict,
+      apply_fn: common.ApplyFn,
+      mesh: Mesh,
+  ):
+    self.data = common.EvalSplit(
+        name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
+        modalities=("image",),
+    )
+    self.templates = tuple(self.data.fields["templates"])
+    if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+      raise ValueError(
+          f"config.evals.{name}.templates={self.templates!r} must be a non-empty tuple of "
+          "format strings with exactly one '{}' (where the class name goes)."
+      )
+    builder = self.data.builder
+    self.class_names = tuple(
+        class_display_name(builder.name, label)
+        for label in builder.info.features["category"].names
+    )
+
+    # Prompts are class-major: rows [c * T, (c + 1) * T) are class c's T templates.
+    normalize = text_lib.get_normalizer(self.data.input_config.text_normalizer)
+    prompts = [normalize(t.format(c)) for c in self.class_names for t in self.templates]
+    self.prompt_tokens, self.prompt_mask = self.data.transform.tokenizer.encode(
+        prompts, self.data.input_config.max_text_len
+    )
+    self._prompt_batches = self._batch_prompts(parallel.data_parallel_size(mesh))
+
+  def _batch_prompts(self, num_shards: int) -> list[dict[str, np.ndarray]]:
+    """Equal-shaped prompt batches (one compilation) that split evenly over the devices."""
+    num_prompts = len(self.prompt_tokens)
+    batch_size = min(self.data.batch_size, math.ceil(num_prompts / num_shards) * num_shards)
+    padding = -num_prompts % batch_size
+    # Padding rows repeat the last prompt, so the text tower never sees an empty text.
+    pad = lambda rows: np.pad(rows, ((0, padding), (0, 0)), mode="edge")  # noqa: E731
+    tokens, mask = pad(self.prompt_tokens), pad(self.prompt_mask)
+    return [
+        {"text_tokens": tokens[i : i + batch_size], "text_mask": mask[i : i + batch_size]}
+        for i in range(0, len(tokens), batch_size)
+    ]
+
+  def class_embeddings(self, params: Any) -> np.ndarray:
+    """[num_classes, D] unit-length prompt-ensembled class embeddings."""
+    prompt_emb = [
+        self.data.apply_fn(params, _replicated_rows_to_global(batch, self.data.mesh))["text_emb"]
+        for batch in self._prompt_batches
+    ]
+    prompt_emb = np.concatenate(parallel.to_host(prompt_emb))[: len(self.prompt_tokens)]
+    prompt_emb = common.l2_normalize(prompt_emb).reshape(
+        len(self.class_names), len(self.templates), -1
+    )
+    return common.l2_normalize(prompt_emb.mean(axis=1))
+
+  def run(self, params: Any) -> dict[str, float | int]:
+    class_emb = self.class_embeddings(params)
+    split = self.data.run_model(
+        params, inputs=("image",), outputs=("image_emb",), labels=("category",)
+    )
+    # Classification is retrieval of the one class embedding that is an image's positive.
+    ranks = retrieval.first_positive_ranks(
+        common.l2_normalize(split["image_emb"]), class_emb, split["category"],
+        np.arange(len(self.class_names)),
+    )
+    return {
+        "top1": float(np.mean(ranks < 1)),
+        "top5": float(np.mean(ranks < 5)),
+        "chance_top1": 1.0 / len(self.class_names),
+        "num_examples": len(ranks),
+        "num_skipped": self.data.num_records - len(ranks),
+    }

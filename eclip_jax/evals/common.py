@@ -1,0 +1,134 @@
+"""What every evaluator shares: reading its config entry, and one model pass over a split.
+
+An entry of `config.evals` holds the evaluator's own fields (`type`, `split`, and those of
+its type) and, optionally, overrides of `config.input` fields (`batch_size`, `dataset`,
+`data_dir`, `image_size`, ...): an evaluator reads its split the way training reads the
+train split, except where its entry says otherwise. Misconfiguration fails when the
+evaluator is built, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from eclip_jax import parallel
+from eclip_jax.data import pipeline
+
+ApplyFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
+
+COMMON_DEFAULTS = {"type": None, "split": "validation"}
+# Set by the evaluator from what it compares, so an entry may not override them.
+_EVALUATOR_INPUT_FIELDS = ("modalities", "num_views")
+
+
+class EvalSplit:
+  """One evaluator's entry, the input section it reads its split with, and the model pass.
+
+  Attributes: `name`, `fields` (the evaluator's own fields, defaults filled in),
+  `input_config`, `split`, `batch_size` (global), `builder`, `transform` (its tokenizer
+  is the run's), `num_records` (in the split, skipped ones included).
+  """
+
+  def __init__(
+      self,
+      name: str,
+      entry: Mapping[str, Any],
+      defaults: Mapping[str, Any],
+      *,
+      input_config: ml_collections.ConfigDict,
+      apply_fn: ApplyFn,
+      mesh: Mesh,
+      modalities: Sequence[str],
+  ):
+    self.name, self.apply_fn, self.mesh = name, apply_fn, mesh
+    known = {**COMMON_DEFAULTS, **defaults}
+    self.fields, overrides = dict(known), {}
+    for key, value in entry.items():
+      if key in known:
+        self.fields[key] = value
+      elif key in input_config and key not in _EVALUATOR_INPUT_FIELDS:
+        overrides[key] = value
+      else:
+        raise ValueError(
+            f"config.evals.{name}.{key} is neither a field of {entry['type']} evaluators "
+            f"{sorted(known)} nor an input field it may override; remove or rename it."
+        )
+
+    self.input_config = input_config.copy_and_resolve_references()
+    self.input_config.update(overrides)
+    # Only what the evaluator compares is decoded (no video for a retrieval of images by
+    # titles), and one deterministic view even when training takes several.
+    self.input_config.modalities = tuple(modalities)
+    self.input_config.num_views = 1
+
+    self.batch_size = self.input_config.batch_size
+    num_shards = parallel.data_parallel_size(mesh)
+    if self.batch_size % num_shards:
+      field = f"evals.{name}" if "batch_size" in overrides else "input"
+      raise ValueError(
+          f"config.{field}.batch_size={self.batch_size} is not divisible by the data-parallel "
+          f"size {num_shards} (mesh data x fsdp); make it a multiple of {num_shards}."
+      )
+
+    self.split = self.fields["split"]
+    self.builder = pipeline.prepared_builder(self.input_config.dataset, self.input_config.data_dir)
+    splits = self.builder.info.splits
+    if self.split not in splits:
+      raise ValueError(
+          f"config.evals.{name}.split={self.split!r} is not a split of "
+          f"{self.input_config.dataset}; choose one of {sorted(splits)}."
+      )
+    self.num_records = splits[self.split].num_examples
+    if not self.num_records:
+      raise ValueError(
+          f"config.evals.{name}.split={self.split!r} of {self.input_config.dataset} is empty; "
+          "choose a split with examples."
+      )
+    self.transform = pipeline.make_transform(self.input_config, self.builder)
+
+  def run_model(
+      self,
+      params: Any,
+      *,
+      inputs: Sequence[str],
+      outputs: Sequence[str],
+      labels: Sequence[str],
+  ) -> dict[str, np.ndarray]:
+    """One pass over the split: host arrays of the valid examples of all processes.
+
+    The model sees the batch keys `inputs`; the result holds its `outputs` and the batch's
+    `labels`, row-aligned, every example of the split once (skipped records and padding
+    rows dropped).
+    """
+    per_batch = []
+    iterator = pipeline.make_eval_iterator(
+        self.input_config, self.split, batch_size=self.batch_size
+    )
+    with contextlib.closing(iterator):
+      for batch in iterator:
+        model_outputs = self.apply_fn(
+            params, parallel.to_global({k: batch[k] for k in inputs}, self.mesh)
+        )
+        kept = parallel.to_global({k: batch[k] for k in (*labels, pipeline.VALID_KEY)}, self.mesh)
+        kept.update({k: model_outputs[k] for k in outputs})
+        per_batch.append(kept)
+    # One gather at the end rather than one per batch, so that the host keeps preparing
+    # batches while the devices compute.
+    per_batch = parallel.to_host(per_batch)
+    columns = {k: np.concatenate([b[k] for b in per_batch]) for k in per_batch[0]}
+    valid = columns.pop(pipeline.VALID_KEY)
+    return {k: v[valid] for k, v in columns.items()}
+
+
+def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
+  """Rows scaled to unit length, in float32 (scores are cosines whatever the model returns)."""
+  embeddings = np.asarray(embeddings, np.float32)
+  norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
+  return embeddings / np.maximum(norms, 1e-12)

@@ -1,0 +1,134 @@
+"""Run outputs: `metrics.jsonl` + TensorBoard events, throughput timing, analytic FLOPs.
+
+`metrics.jsonl` holds one JSON object per logged step: `{"step": s, "train/loss": ...,
+"perf/steps_per_sec": ..., "eval/retrieval/i2t_r1": ...}`. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+from etils import epath
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  """Appends to `metrics.jsonl` and TensorBoard; a resumed run first drops the lines of steps
+  after the checkpoint it resumes from, so the file reads as one uninterrupted run."""
+
+  def __init__(self, workdir: str | epath.Path, *, enabled: bool = True, resume_step: int = 0):
+    self._enabled = enabled
+    if not enabled:
+      return
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._path = workdir / METRICS_FILE
+    if self._path.exists():
+      kept = [line for line in self._path.read_text().splitlines()
+              if line and json.loads(line)["step"] <= resume_step]
+      self._path.write_text("".join(line + "\n" for line in kept))
+    # Imported here so processes that never write (process_index > 0) need not load it.
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+
+    self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self._enabled:
+      return
+    row = {"step": int(step), **{k: _to_float(v) for k, v in sorted(metrics.items())}}
+    with self._path.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+    for key, value in row.items():
+      if key != "step" and value is not None and math.isfinite(value):
+        self._tensorboard.add_scalar(key, value, int(step))
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    if self._enabled:
+      self._tensorboard.close()
+
+
+def _to_float(value) -> float | None:
+  value = float(np.asarray(value))
+  return value if math.isfinite(value) else None  # JSON has no NaN
+
+
+def read_metrics(workdir: str | epath.Path) -> list[dict[str, float]]:
+  """The rows of a run's `metrics.jsonl` (notebooks, sweeps and tests read it back)."""
+  path = epath.Path(workdir) / METRICS_FILE
+  return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+class StepTimer:
+  """Steps/s, examples/s and the fraction of wall time spent waiting for input.
+
+  Call `data_wait()` around fetching a batch and `step_done()` once per step; `rates()` gives
+  the averages since the previous call.
+  """
+
+  def __init__(self, global_batch_size: int):
+    self._batch_size = global_batch_size
+    self._reset()
+
+  def _reset(self):
+    self._start = time.perf_counter()
+    self._steps = 0
+    self._waiting = 0.0
+    self._excluded = 0.0
+
+  @contextlib.contextmanager
+  def data_wait(self):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._waiting += time.perf_counter() - start
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time inside (evaluation, say) counts neither as training nor as waiting."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._excluded += time.perf_counter() - start
+
+  def step_done(self) -> None:
+    self._steps += 1
+
+  def rates(self) -> dict[str, float]:
+    elapsed = max(time.perf_counter() - self._start - self._excluded, 1e-9)
+    rates = {
+        "perf/steps_per_sec": self._steps / elapsed,
+        "perf/examples_per_sec": self._steps * self._batch_size / elapsed,
+        "perf/data_wait_frac": self._waiting / elapsed,
+    }
+    self._reset()
+    return rates
+
+
+def transformer_flops(seq_len: int, width: int, depth: int, mlp_dim: int) -> float:
+  """Forward FLOPs of a transformer encoder on one sequence (multiply-add = 2 FLOPs):
+  q/k/v/out projections 8·s·w², MLP 4·s·w·m, attention scores and weighted values 4·s²·w."""
+  per_layer = 8 * seq_len * width**2 + 4 * seq_len * width * mlp_dim + 4 * seq_len**2 * width
+  return float(depth * per_layer)
+
+
+def mfu(train_flops_per_example: float, examples_per_sec: float, num_devices: int,
+        peak_flops_per_device: float) -> float | None:
+  """Model FLOPs utilization; None when the peak is unknown (e.g. CPU)."""
+  if peak_flops_per_device <= 0 or train_flops_per_example <= 0:
+    return None
+  return train_flops_per_example * examples_per_sec / (num_devices * peak_flops_per_device)
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

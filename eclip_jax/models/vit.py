@@ -1,0 +1,145 @@
+"""Vision Transformer image tower (big_vision's ViT, pre-LN).
+
+    images [B,H,W,3] in [-1,1] -> patch embedding (conv, stride = patch) + position embedding
+    -> [CLS] + patch tokens -> Encoder (final LN) -> pooled [B,width], patch tokens [B,N,width]
+
+`variant` is `"<size>/<patch>"` (`"S/16"`, `"B/32"`, `"B/16"`, `"L/14"`, ...) or `"tiny"`, a
+CPU-test size whose patch is the `patch_size` field (default 8). Pooling is `"cls"` (a learned
+[CLS] token), `"gap"` (mean of the patch tokens) or `"map"` (multi-head attention pooling
+with a learned probe). The patch tokens never include [CLS], so the instance decoder and the
+grounding evals see exactly the `grid` of patches.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from eclip_jax.models import layers
+from eclip_jax.models.layers import DType, TowerSize, partitioned
+
+SIZES = {
+    "tiny": TowerSize(width=64, depth=2, num_heads=2, mlp_dim=256),
+    "S": TowerSize(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": TowerSize(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": TowerSize(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+}
+POOLS = ("cls", "gap", "map")
+TINY_PATCH_SIZE = 8
+
+
+def parse_variant(variant: str, patch_size: int | None = None) -> tuple[TowerSize, int]:
+  """(tower size, patch size) of e.g. `"B/16"`, or of `"tiny"` with `patch_size` (default 8)."""
+  size_name, _, patch = variant.partition("/")
+  if size_name == "tiny" and not patch:
+    return SIZES["tiny"], TINY_PATCH_SIZE if patch_size is None else patch_size
+  if size_name not in SIZES or size_name == "tiny" or not patch.isdigit():
+    known = ", ".join(["tiny", *(f"{name}/<patch>" for name in SIZES if name != "tiny")])
+    raise ValueError(f"ViT variant={variant!r} is not one of {known}")
+  if patch_size is not None and patch_size != int(patch):
+    raise ValueError(
+        f"ViT variant={variant!r} fixes the patch size at {patch}, but patch_size={patch_size}; "
+        "drop patch_size or make them agree"
+    )
+  return SIZES[size_name], int(patch)
+
+
+class MAPHead(nn.Module):
+  """Multi-head attention pooling: a learned probe attends over the tokens (big_vision)."""
+
+  num_heads: int
+  mlp_dim: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    batch, _, width = tokens.shape
+    probe = self.param(
+        "probe",
+        partitioned(nn.initializers.xavier_uniform(), (None, None, "embed")),
+        (1, 1, width),
+        self.param_dtype,
+    )
+    probe = jnp.broadcast_to(probe.astype(self.dtype), (batch, 1, width))
+    x = layers.MultiHeadAttention(
+        self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype, name="attn"
+    )(probe, tokens)
+    y = layers.layer_norm(self.dtype, self.param_dtype, name="ln")(x)
+    x = x + layers.MlpBlock(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")(y)
+    return x[:, 0]
+
+
+class ViT(nn.Module):
+  """Image tower: `images` [B,H,W,3] -> (pooled [B,width], {"tokens", "grid"})."""
+
+  variant: str
+  patch_size: int | None = None
+  pool: str = "cls"
+  scan_layers: bool = False
+  remat_policy: str = "none"
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, dict]:
+    size, patch = parse_variant(self.variant, self.patch_size)
+    if self.pool not in POOLS:
+      raise ValueError(f"ViT pool={self.pool!r} is not one of {POOLS}")
+    batch, height, width, _ = images.shape
+    if height % patch or width % patch:
+      raise ValueError(f"image size {height}x{width} is not divisible by the patch size {patch}")
+
+    x = nn.Conv(
+        size.width,
+        (patch, patch),
+        strides=(patch, patch),
+        padding="VALID",
+        kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+        bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="patch_embed",
+    )(images)
+    grid = (height // patch, width // patch)
+    x = jnp.reshape(x, (batch, grid[0] * grid[1], size.width))
+    pos_embed = self.param(
+        "pos_embed",
+        partitioned(nn.initializers.normal(stddev=size.width**-0.5), (None, "length", "embed")),
+        (1, grid[0] * grid[1], size.width),
+        self.param_dtype,
+    )
+    x = x + pos_embed.astype(self.dtype)
+    if self.pool == "cls":
+      # [CLS] gets no position embedding of its own: one would just add to this constant.
+      cls_token = self.param(
+          "cls_token",
+          partitioned(nn.initializers.zeros, (None, None, "embed")),
+          (1, 1, size.width),
+          self.param_dtype,
+      )
+      cls_token = jnp.broadcast_to(cls_token.astype(self.dtype), (batch, 1, size.width))
+      x = jnp.concatenate([cls_token, x], axis=1)
+
+    x = layers.Encoder(
+        size.depth,
+        size.num_heads,
+        size.mlp_dim,
+        scan_layers=self.scan_layers,
+        remat_policy=self.remat_policy,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="encoder",
+    )(x)
+
+    if self.pool == "cls":
+      pooled, tokens = x[:, 0], x[:, 1:]
+    elif self.pool == "gap":
+      pooled, tokens = jnp.mean(x, axis=1), x
+    else:
+      tokens = x
+      pooled = MAPHead(
+          size.num_heads, size.mlp_dim, self.dtype, self.param_dtype, name="map_head"
+      )(tokens)
+    return pooled, {"tokens": tokens, "grid": grid}

@@ -1,0 +1,451 @@
+"""The one trainer every method uses: sharded state, the step function, the loop and its hooks.
+
+    config -> mesh, model, objectives, optimizer -> sharded init (or resume / init_from)
+           -> AOT-compiled step (memory analysis logged) -> loop:
+              next batch -> parallel.to_global -> step -> hooks (metrics, evals, checkpoints)
+
+Models and objectives are plug-ins named by the config (`model.name`, `objectives`); the
+trainer only knows their contracts: `model.apply(variables, batch) -> outputs dict` and
+`objective(outputs, batch, ctx) -> (loss, metrics)`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+
+from eclip_jax import checkpoint as checkpoint_lib
+from eclip_jax import config_base
+from eclip_jax import evals as evals_lib
+from eclip_jax import metrics as metrics_lib
+from eclip_jax import models
+from eclip_jax import objectives as objectives_lib
+from eclip_jax import optim
+from eclip_jax import parallel
+from eclip_jax.data import pipeline
+from eclip_jax.data import tokenizer as tokenizer_lib
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or inf; nothing was saved from that state."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # steps completed
+  params: Any
+  opt_state: Any
+  # The first step whose loss was NaN/inf, or -1. Kept on device so detecting it does not
+  # synchronize host and device every step; the host reads it at log and checkpoint steps.
+  nonfinite_step: jax.Array
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration checks: every misconfiguration fails here, before anything compiles.
+# --------------------------------------------------------------------------------------------
+
+
+def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Raises one clear sentence naming the field and the fix."""
+  base = config_base.base_config()
+  for key in config:
+    if key not in base:
+      raise ValueError(f"config.{key} is not a known config field; known: {sorted(base)}.")
+  for section in base:
+    if section in config_base.METHOD_SECTIONS or not isinstance(base[section], ml_collections.ConfigDict):
+      continue
+    for key in config[section]:
+      if key not in base[section]:
+        raise ValueError(
+            f"config.{section}.{key} is not a known config field; "
+            f"known: {sorted(base[section])}."
+        )
+  dp = parallel.data_parallel_size(mesh)
+  if config.input.batch_size % dp:
+    raise ValueError(
+        f"config.input.batch_size={config.input.batch_size} is not divisible by the "
+        f"data-parallel size {dp} (mesh data x fsdp); use a multiple of {dp}."
+    )
+  if config.input.batch_size % jax.process_count():
+    raise ValueError(
+        f"config.input.batch_size={config.input.batch_size} is not divisible by the "
+        f"{jax.process_count()} processes; use a multiple of {jax.process_count()}."
+    )
+  if not config.objectives:
+    raise ValueError("config.objectives is empty; name at least one objective and its weight.")
+  for name in config.objectives:
+    objectives_lib.get_objective(name)  # raises for unknown names
+  builder = pipeline.prepared_builder(config.input.dataset, config.input.data_dir)
+  tokenizer_path = config.input.tokenizer or tokenizer_lib.default_tokenizer_path(
+      builder.data_dir, config.input.vocab_size)
+  if "text" in config.input.modalities and not epath.Path(tokenizer_path).exists():
+    raise FileNotFoundError(
+        f"the tokenizer {tokenizer_path} does not exist; set config.input.tokenizer to a "
+        f".model file or build it with `python -m eclip_jax.data.prepare "
+        f"--dataset={config.input.dataset} --data_dir={config.input.data_dir} "
+        f"--vocab_size={config.input.vocab_size}`."
+    )
+  if config.init_from and not epath.Path(config.init_from).exists():
+    raise FileNotFoundError(f"config.init_from={config.init_from!r} does not exist.")
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded train state.
+# --------------------------------------------------------------------------------------------
+def init_batch(input_config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """One all-zero example of every model input the config's modalities produce (for init)."""
+  size, views = input_config.image_size, input_config.num_views
+  batch = {}
+  if "image" in input_config.modalities:
+    if views == 1:
+      batch["image"] = np.zeros((1, size, size, 3), np.float32)
+    else:
+      batch["images"] = np.zeros((1, views, size, size, 3), np.float32)
+  if "text" in input_config.modalities:
+    batch["text_tokens"] = np.zeros((1, input_config.max_text_len), np.int32)
+    batch["text_mask"] = np.ones((1, input_config.max_text_len), bool)
+  return batch
+
+
+class Setup:
+  """The pieces of a run built from its config: mesh, model, optimizer, shardings.
+
+  Everything that traces a model runs inside `self.context()`, which makes the mesh and
+  the logical-axis rules visible to the model's sharding annotations.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+    self.config = config
+    self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
+    self.rules = parallel.sharding_rules(config.sharding_rules)
+    self.model = models.build_model(config.model)
+    self.optimizer, self.schedule = optim.make_optimizer(config.optim, config.total_steps)
+    self.objective_ctx = objectives_lib.ObjectiveContext(mesh=self.mesh, loss_config=config.loss)
+    self.batch_sharding = parallel.batch_sharding(self.mesh)
+    # Init traces outside `context()`: the sharding of the created params comes from
+    # `state_shardings` (jit's out_shardings), and flax would otherwise also constrain
+    # DenseGeneral's flat kernel to its multi-dimensional logical names.
+    self._boxed_state = jax.eval_shape(self._init_boxed, jax.random.key(0))
+    self.state_shardings = parallel.logical_shardings(self._boxed_state, self.mesh, self.rules)
+    self.abstract_state = checkpoint_lib.abstract_with_shardings(
+        nn.meta.unbox(self._boxed_state), self.state_shardings
+    )
+
+  def context(self):
+    return _Context(self.mesh, self.rules)
+
+  def _init_boxed(self, rng: jax.Array) -> TrainState:
+    variables = self.model.init(rng, init_batch(self.config.input))
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=self.optimizer.init(params),
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
+
+  def init_state(self) -> TrainState:
+    """Parameters are created already sharded: no device ever holds the whole model."""
+    init = jax.jit(lambda rng: nn.meta.unbox(self._init_boxed(rng)),
+                   out_shardings=self.state_shardings)
+    return init(jax.random.key(self.config.seed))
+
+  def apply_fn(self) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """A jitted `(params, global batch) -> outputs` for evaluators (any subset of inputs)."""
+    forward = jax.jit(
+        lambda params, batch: self.model.apply({"params": params}, batch),
+        in_shardings=(self.state_shardings.params, self.batch_sharding),
+    )
+
+    def apply(params, batch):
+      with self.context():
+        return forward(params, batch)
+
+    return apply
+
+
+class _Context:
+  """`with jax.set_mesh(mesh), nn.logical_axis_rules(rules):` as one reusable object."""
+
+  def __init__(self, mesh, rules):
+    self._mesh, self._rules = mesh, rules
+
+  def __enter__(self):
+    self._mesh_ctx = jax.set_mesh(self._mesh)
+    self._rules_ctx = nn.logical_axis_rules(self._rules)
+    self._mesh_ctx.__enter__()
+    self._rules_ctx.__enter__()
+
+  def __exit__(self, *exc):
+    self._rules_ctx.__exit__(*exc)
+    self._mesh_ctx.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------------------------
+# The step.
+# --------------------------------------------------------------------------------------------
+def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """The pure step function: forward, weighted objectives, gradients, optimizer update."""
+  model, optimizer, ctx = setup.model, setup.optimizer, setup.objective_ctx
+  weighted_objectives = [
+      (objectives_lib.get_objective(name), float(weight))
+      for name, weight in setup.config.objectives.items()
+  ]
+
+  def loss_fn(params, batch):
+    outputs = model.apply({"params": params}, batch, train=True)
+    total, metrics = 0.0, {}
+    for objective, weight in weighted_objectives:
+      loss, terms = objective(outputs, batch, ctx)
+      total += weight * loss
+      metrics.update(terms)
+    return total, metrics
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    first_nonfinite = (state.nonfinite_step < 0) & ~jnp.isfinite(loss)
+    metrics.update(
+        loss=loss,
+        grad_norm=optax.tree.norm(grads),
+        param_norm=optax.tree.norm(params),
+    )
+    new_state = TrainState(
+        step=step,
+        params=params,
+        opt_state=opt_state,
+        nonfinite_step=jnp.where(first_nonfinite, step, state.nonfinite_step),
+    )
+    return new_state, metrics
+
+  return train_step
+
+
+def compile_train_step(setup: Setup, batch: Mapping[str, jax.Array]):
+  """AOT-compiles the step for `batch`'s shapes and logs its per-device memory."""
+  batch_shardings = {key: setup.batch_sharding for key in batch}
+  step = jax.jit(
+      make_train_step(setup),
+      in_shardings=(setup.state_shardings, batch_shardings),
+      out_shardings=(setup.state_shardings, parallel.replicated(setup.mesh)),
+      donate_argnums=(0,),
+  )
+  abstract_batch = {
+      key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=setup.batch_sharding)
+      for key, value in batch.items()
+  }
+  with setup.context():
+    compiled = step.lower(setup.abstract_state, abstract_batch).compile()
+  _log_memory(compiled)
+  return compiled
+
+
+def _log_memory(compiled) -> None:
+  memory = compiled.memory_analysis()
+  if memory is None:  # not every backend reports it
+    return
+  mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+  logging.info(
+      "Compiled train step, per device: arguments %s, outputs %s, temporaries %s, "
+      "generated code %s.",
+      mib(memory.argument_size_in_bytes), mib(memory.output_size_in_bytes),
+      mib(memory.temp_size_in_bytes), mib(memory.generated_code_size_in_bytes),
+  )
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+# --------------------------------------------------------------------------------------------
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (resuming from `workdir` if it has a checkpoint); returns the last metrics."""
+  workdir = epath.Path(workdir)
+  mesh = parallel.make_mesh(config.mesh)
+  validate_config(config, mesh)
+  setup = Setup(config, mesh)
+  is_primary = jax.process_index() == 0
+  if is_primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  data_iterator = pipeline.make_train_iterator(config.input, seed=config.seed)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=config.keep_checkpoints, keep_every=config.keep_checkpoints_every_steps
+  )
+  state = _initial_state(setup, checkpointer, data_iterator)
+  start_step = int(state.step)
+  if start_step >= config.total_steps:
+    logging.info("%s is already at step %d of %d; nothing to train.", workdir, start_step,
+                 config.total_steps)
+  evaluators = evals_lib.build_evaluators(
+      config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=mesh
+  )
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
+
+  timer = metrics_lib.StepTimer(config.input.batch_size)
+  progress = _Progress(start_step, config.total_steps, enabled=is_primary)
+  step_fn, last = None, {}
+  final_step = min(config.stop_after_steps or config.total_steps, config.total_steps)
+  for step in range(start_step + 1, final_step + 1):
+    with timer.data_wait():
+      batch = parallel.to_global(next(data_iterator), mesh)
+    if step_fn is None:
+      step_fn = compile_train_step(setup, batch)
+      timer.rates()  # compilation is not training time
+    state, step_metrics = step_fn(state, batch)
+    timer.step_done()
+
+    row = {}
+    if step % config.log_every_steps == 0 or step == final_step:
+      _check_finite(state)
+      row = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
+      row["train/lr"] = setup.schedule(step - 1)
+      row.update(timer.rates())
+      row.update(_skip_counts(data_iterator.stats))
+      progress.update(step, row)
+    if evaluators and (_every(step, config.eval_every_steps) or step == config.total_steps):
+      _check_finite(state)
+      with timer.paused():  # evaluation is not training throughput
+        results = run_evaluators(evaluators, state.params)
+      progress.message(_format_results(step, results))
+      row.update(results)
+    if row:
+      writer.write(step, row)
+      last.update(row)
+    if _every(step, config.checkpoint_every_steps) or step == final_step:
+      _check_finite(state)  # never save a non-finite state
+      checkpointer.save(step, state, data_iterator, config)
+
+  checkpointer.wait()
+  checkpointer.close()
+  writer.close()
+  data_iterator.close()
+  progress.done()
+  return last
+
+
+def _skip_counts(stats: Mapping[str, int]) -> dict[str, int]:
+  """`train/skipped` (records dropped so far) and `train/skipped/<reason>` where nonzero."""
+  counts = {f"train/{k}": v for k, v in stats.items() if k.startswith("skipped/") and v}
+  return {"train/skipped": sum(counts.values()), **counts}
+
+
+def _every(step: int, interval: int) -> bool:
+  return interval > 0 and step % interval == 0
+
+
+def _initial_state(setup: Setup, checkpointer, data_iterator) -> TrainState:
+  """Resume from the workdir's latest checkpoint, else init (+ `init_from` params)."""
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    logging.info("Resuming from %s/%d.", checkpointer.directory, latest)
+    return checkpointer.restore(latest, setup.abstract_state, data_iterator)
+  state = setup.init_state()
+  if setup.config.init_from:
+    params = checkpoint_lib.load_params(
+        setup.config.init_from, state.params, setup.abstract_state.params,
+        setup.config.init_params,
+    )
+    state = state.replace(params=params)
+  return state
+
+
+def _check_finite(state: TrainState) -> None:
+  bad_step = int(jax.device_get(state.nonfinite_step))
+  if bad_step >= 0:
+    raise NonFiniteLossError(
+        f"the loss became non-finite at step {bad_step}; stopping without saving that state "
+        "(lower optim.lr, raise optim.warmup_steps or check the inputs)."
+    )
+
+
+def run_evaluators(evaluators: Mapping[str, Any], params) -> dict[str, float]:
+  results = {}
+  for name, evaluator in evaluators.items():
+    for metric, value in evaluator.run(params).items():
+      results[f"eval/{name}/{metric}"] = float(value)
+  return results
+
+
+def _format_results(step: int, results: Mapping[str, float]) -> str:
+  shown = ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in results.items())
+  return f"step {step} eval: {shown}"
+
+
+class _Progress:
+  """One status line (rewritten in place on a terminal, appended otherwise) with ETA."""
+
+  def __init__(self, start_step: int, total_steps: int, enabled: bool):
+    self._start_step, self._total = start_step, total_steps
+    self._enabled = enabled
+    self._tty = enabled and sys.stderr.isatty()
+    self._t0 = None
+
+  def update(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self._enabled:
+      return
+    now = time.perf_counter()
+    if self._t0 is None:  # the first log step includes compilation; measure from here
+      self._t0, self._t0_step = now, step
+    rate = (step - self._t0_step) / max(now - self._t0, 1e-9)
+    eta = metrics_lib.format_duration((self._total - step) / rate) if rate > 0 else "?"
+    line = (f"step {step}/{self._total} | loss {metrics['train/loss']:.4f} | "
+            f"{metrics['perf/examples_per_sec']:.0f} ex/s | "
+            f"data wait {100 * metrics['perf/data_wait_frac']:.0f}% | ETA {eta}")
+    if self._tty:
+      print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+    else:
+      print(line, file=sys.stderr, flush=True)
+
+  def message(self, text: str) -> None:
+    if self._enabled:
+      print(("\n" if self._tty else "") + text, file=sys.stderr, flush=True)
+
+  def done(self) -> None:
+    if self._tty:
+      print(file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation of a finished (or running) run: --mode=eval.
+# --------------------------------------------------------------------------------------------
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Evaluates the latest checkpoint in `workdir`; writes `eval_results.json` (flat keys
+  `"<eval>/<metric>"`) and returns it."""
+  workdir = epath.Path(workdir)
+  mesh = parallel.make_mesh(config.mesh)
+  validate_config(config, mesh)
+  setup = Setup(config, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(workdir)
+  step = checkpointer.latest_step()
+  checkpointer.close()
+  if step is None:
+    raise FileNotFoundError(f"{workdir} has no checkpoint to evaluate; train first.")
+  params = checkpoint_lib.load_params(
+      str(workdir), setup.abstract_state.params, setup.abstract_state.params, ".*"
+  )
+  evaluators = evals_lib.build_evaluators(
+      config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=mesh
+  )
+  results = {k.removeprefix("eval/"): v for k, v in run_evaluators(evaluators, params).items()}
+  results["step"] = step
+  if jax.process_index() == 0:
+    (workdir / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True))
+  return results

@@ -1,0 +1,193 @@
+"""Sharded contrastive losses against a single-device float64 reference, and the clip objective."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from eclip_jax import objectives
+from eclip_jax.objectives import contrastive
+
+BATCH, DIM = 48, 16
+ROWS = P(("data", "fsdp"))
+MESH_SHAPES = [(8, 1, 1), (4, 2, 1), (2, 2, 2)]
+
+
+def _mesh(shape):
+  return jax.make_mesh(shape, ("data", "fsdp", "tensor"))
+
+
+def _embeddings(seed, batch=BATCH):
+  rng = np.random.default_rng(seed)
+  x, y = rng.normal(size=(2, batch, DIM))
+  # Titles correlated with their images, so positives score high and the loss is not flat.
+  y = x + 0.8 * y
+  normalize = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+  return normalize(x).astype(np.float32), normalize(y).astype(np.float32)
+
+
+def _duplicate_ids(seed, batch=BATCH):
+  """Groups of 3 rows sharing an id, shuffled so that groups span devices."""
+  return np.random.default_rng(seed).permutation(np.arange(batch) // 3).astype(np.int32)
+
+
+def _reference_loss(x, y, logit_scale, logit_bias, ids, kind):
+  """The DESIGN.md formulas on one device: full B×B logits, soft targets, no sharding."""
+  logits = logit_scale * x @ y.T + logit_bias
+  ids = jnp.arange(x.shape[0]) if ids is None else ids
+  positives = (ids[:, None] == ids[None, :]).astype(logits.dtype)
+  if kind == "sigmoid":
+    signs = 2.0 * positives - 1.0
+    return jnp.sum(jnp.log1p(jnp.exp(-signs * logits))) / x.shape[0]
+  targets = positives / positives.sum(axis=1, keepdims=True)  # symmetric: rows = columns
+  row_ce = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=1), axis=1)
+  col_ce = -jnp.sum(targets * jax.nn.log_softmax(logits.T, axis=1), axis=1)
+  return 0.5 * (row_ce.mean() + col_ce.mean())
+
+
+def _reference_value_and_grad(x, y, logit_scale, logit_bias, ids, kind):
+  with jax.enable_x64(True):
+    args = [np.asarray(a, np.float64) for a in (x, y, logit_scale, logit_bias)]
+    loss, grads = jax.value_and_grad(_reference_loss, argnums=(0, 1, 2, 3))(
+        *args, None if ids is None else jnp.asarray(ids), kind)
+    return np.asarray(loss), [np.asarray(g) for g in grads]
+
+
+def _sharded_value_and_grad(mesh, kind, x, y, logit_scale, logit_bias, ids):
+  rows, replicated = NamedSharding(mesh, ROWS), NamedSharding(mesh, P())
+  x, y = jax.device_put(x, rows), jax.device_put(y, rows)
+  ids = None if ids is None else jax.device_put(ids, rows)
+  logit_scale = jax.device_put(jnp.float32(logit_scale), replicated)
+  logit_bias = jax.device_put(jnp.float32(logit_bias), replicated)
+  loss_fn = functools.partial(contrastive.contrastive_loss, kind=kind, mesh=mesh)
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3)))(
+      x, y, logit_scale, logit_bias, ids)
+  return np.asarray(loss), [np.asarray(g) for g in grads]
+
+
+def _assert_close(actual, expected, rtol):
+  # Relative to the array's scale, so near-zero entries (the softmax bias gradient, which
+  # is zero in exact arithmetic) are held to the same standard as the large ones.
+  atol = rtol * max(float(np.abs(expected).max()), 1e-2)
+  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("mesh_shape", MESH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", contrastive.KINDS)
+@pytest.mark.parametrize("duplicates", [False, True], ids=["pairs", "duplicate_ids"])
+def test_gather_matches_float64_reference(mesh_shape, kind, duplicates):
+  x, y = _embeddings(seed=0)
+  ids = _duplicate_ids(seed=1) if duplicates else None
+  logit_scale, logit_bias = 7.5, (-3.0 if kind == "sigmoid" else 0.5)
+
+  loss, grads = _sharded_value_and_grad(
+      _mesh(mesh_shape), kind, x, y, logit_scale, logit_bias, ids)
+  ref_loss, ref_grads = _reference_value_and_grad(x, y, logit_scale, logit_bias, ids, kind)
+
+  assert loss.dtype == np.float32 and loss.shape == ()
+  _assert_close(loss, ref_loss, rtol=1e-5)
+  for name, grad, ref_grad in zip(("x", "y", "logit_scale", "logit_bias"), grads, ref_grads):
+    assert grad.shape == ref_grad.shape, name
+    _assert_close(grad, ref_grad, rtol=1e-5)
+
+
+def test_duplicate_ids_change_the_loss():
+  # Guards the reference test against ids being silently ignored.
+  x, y = _embeddings(seed=0)
+  mesh = _mesh((4, 2, 1))
+  pairs, _ = _sharded_value_and_grad(mesh, "softmax", x, y, 7.5, 0.0, None)
+  grouped, _ = _sharded_value_and_grad(mesh, "softmax", x, y, 7.5, 0.0, _duplicate_ids(1))
+  assert abs(float(pairs) - float(grouped)) > 1e-2
+
+
+@pytest.mark.parametrize("kind", contrastive.KINDS)
+def test_bfloat16_inputs_accumulate_in_float32(kind):
+  mesh = _mesh((4, 2, 1))
+  x, y = _embeddings(seed=2)
+  loss_fn = jax.jit(functools.partial(contrastive.contrastive_loss, kind=kind, mesh=mesh))
+  rows = NamedSharding(mesh, ROWS)
+  f32_loss = loss_fn(jax.device_put(x, rows), jax.device_put(y, rows), 7.5, -3.0)
+  bf16_loss = loss_fn(jax.device_put(x.astype(jnp.bfloat16), rows),
+                      jax.device_put(y.astype(jnp.bfloat16), rows), 7.5, -3.0)
+  assert bf16_loss.dtype == jnp.float32
+  np.testing.assert_allclose(bf16_loss, f32_loss, rtol=2e-2)
+
+
+@pytest.mark.parametrize("kwargs, batch, message", [
+    ({"kind": "hinge"}, BATCH, "Unknown contrastive loss kind 'hinge'; known: softmax, sigmoid"),
+    ({"impl": "ring"}, BATCH, "Unknown contrastive loss impl 'ring'; implemented: gather"),
+    ({}, 12, "global batch 12 is not divisible by the 8 devices"),
+    ({"batch_axes": ("data", "replica")}, BATCH, "absent from the mesh"),
+])
+def test_misconfiguration_fails_clearly(kwargs, batch, message):
+  x, y = _embeddings(seed=0, batch=batch)
+  with pytest.raises(ValueError, match=message):
+    contrastive.contrastive_loss(x, y, 7.5, mesh=_mesh((4, 2, 1)), **kwargs)
+
+
+def _clip_inputs(mesh):
+  rows = NamedSharding(mesh, ROWS)
+  x, y = _embeddings(seed=3)
+  outputs = {
+      "image_emb": jax.device_put(x, rows),
+      "text_emb": jax.device_put(y, rows),
+      "logit_scale": jnp.float32(7.5),
+      "logit_bias": jnp.float32(-3.0),
+  }
+  batch = {
+      "catalog_id": jax.device_put(_duplicate_ids(seed=4), rows),
+      "product_id": jax.device_put(np.arange(BATCH, dtype=np.int32), rows),
+  }
+  return outputs, batch
+
+
+@pytest.mark.parametrize("kind", contrastive.KINDS)
+def test_clip_objective_catalog_positives(kind):
+  mesh = _mesh((2, 2, 2))
+  outputs, batch = _clip_inputs(mesh)
+  loss_config = ml_collections.ConfigDict(
+      {"kind": kind, "impl": "gather", "positives": "catalog", "tile": None})
+  ctx = objectives.ObjectiveContext(mesh=mesh, loss_config=loss_config)
+
+  objective = objectives.get_objective("clip")
+  loss, metrics = jax.jit(lambda outputs, batch: objective(outputs, batch, ctx))(outputs, batch)
+
+  expected = jax.jit(functools.partial(contrastive.contrastive_loss, kind=kind, mesh=mesh))(
+      outputs["image_emb"], outputs["text_emb"], 7.5, -3.0, batch["catalog_id"])
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  expected_keys = {"contrastive_loss", "logit_scale", "i2t_acc"}
+  if kind == "sigmoid":
+    expected_keys.add("logit_bias")
+  assert set(metrics) == expected_keys
+  assert all(np.shape(value) == () for value in metrics.values())
+
+  x, y = np.asarray(outputs["image_emb"]), np.asarray(outputs["text_emb"])
+  catalog_id = np.asarray(batch["catalog_id"])
+  best = np.argmax(x @ y.T, axis=1)
+  np.testing.assert_allclose(metrics["i2t_acc"], np.mean(catalog_id[best] == catalog_id))
+  assert 0.0 < float(metrics["i2t_acc"]) < 1.0  # informative, not saturated
+
+
+@pytest.mark.parametrize("positives", ["pair", "product"])
+def test_clip_objective_pairs_without_duplicates(positives):
+  # product_id is all-distinct here, so both mean "row i matches row i only".
+  mesh = _mesh((4, 2, 1))
+  outputs, batch = _clip_inputs(mesh)
+  loss_config = ml_collections.ConfigDict(
+      {"kind": "softmax", "impl": "gather", "positives": positives, "tile": None})
+  ctx = objectives.ObjectiveContext(mesh=mesh, loss_config=loss_config)
+  objective = objectives.get_objective("clip")
+  loss, _ = jax.jit(lambda outputs, batch: objective(outputs, batch, ctx))(outputs, batch)
+  expected = jax.jit(functools.partial(contrastive.contrastive_loss, mesh=mesh))(
+      outputs["image_emb"], outputs["text_emb"], 7.5)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+def test_unknown_objective_lists_known_ones():
+  with pytest.raises(ValueError, match="Unknown objective 'clipp'; known: clip"):
+    objectives.get_objective("clipp")
