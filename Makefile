@@ -2,6 +2,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= data
+DEMO_WORKDIR ?= workdirs/demo_clip_tiny
+DEMO_RUN := $(PY) -m eclip_jax.main --config=configs/clip.py:tiny --workdir=$(DEMO_WORKDIR) \
+	--config.input.data_dir=$(DATA_DIR)
 
 .PHONY: demo test bench clean
 
@@ -11,8 +14,12 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Build toyshop/small (cluttered), train the CLIP baseline on CPU, print its evaluation.
+# A second `make demo` reuses the data and the finished run (delete DEMO_WORKDIR to retrain).
 demo: $(VENV)/.installed
-	$(PY) -m eclip_jax.data.prepare --dataset=toyshop/tiny --data_dir=$(DATA_DIR) --show=3
+	$(PY) -m eclip_jax.data.prepare --dataset=toyshop/small --data_dir=$(DATA_DIR)
+	$(DEMO_RUN)
+	$(DEMO_RUN) --mode=eval
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -113,9 +113,10 @@ class StepTimer:
     return rates
 
 
-def transformer_flops(seq_len: int, width: int, depth: int, mlp_dim: int) -> float:
+def transformer_flops(seq_len: int, width: int, depth: int, num_heads: int, mlp_dim: int) -> float:
   """Forward FLOPs of a transformer encoder on one sequence (multiply-add = 2 FLOPs):
   q/k/v/out projections 8·s·w², MLP 4·s·w·m, attention scores and weighted values 4·s²·w."""
+  del num_heads  # the head split does not change the count
   per_layer = 8 * seq_len * width**2 + 4 * seq_len * width * mlp_dim + 4 * seq_len**2 * width
   return float(depth * per_layer)
 

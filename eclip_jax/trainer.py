@@ -143,6 +143,10 @@ class Setup:
     self.abstract_state = checkpoint_lib.abstract_with_shardings(
         nn.meta.unbox(self._boxed_state), self.state_shardings
     )
+    # Forward + backward ~ 3x the forward matmuls; models without a count get no MFU.
+    flops = getattr(self.model, "flops_per_example", None)
+    self.train_flops_per_example = (
+        3 * flops(config.input.image_size, config.input.max_text_len) if flops else 0.0)
 
   def context(self):
     return _Context(self.mesh, self.rules)
@@ -315,6 +319,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       row = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
       row["train/lr"] = setup.schedule(step - 1)
       row.update(timer.rates())
+      mfu = metrics_lib.mfu(setup.train_flops_per_example, row["perf/examples_per_sec"],
+                            jax.device_count(), config.peak_flops_per_device)
+      if mfu is not None:
+        row["perf/mfu"] = mfu
       row.update(_skip_counts(data_iterator.stats))
       progress.update(step, row)
     if evaluators and (_every(step, config.eval_every_steps) or step == config.total_steps):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from eclip_jax.models import text as text_lib
 from eclip_jax.models import vit
 from eclip_jax.models.layers import DType, partitioned
+from eclip_jax.metrics import transformer_flops
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -93,3 +94,15 @@ class TwoTower(nn.Module):
     outputs["logit_scale"] = jnp.exp(jnp.minimum(log_scale, math.log(MAX_LOGIT_SCALE)))
     outputs["logit_bias"] = scalar("logit_bias", self.bias_init)
     return outputs
+
+  def flops_per_example(self, image_size: int, text_len: int) -> float:
+    """Analytic forward FLOPs of one image–title pair: the matmuls of both towers and
+    projections (norms, softmaxes and the loss are negligible next to them)."""
+    vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
+    num_patches = (image_size // patch) ** 2
+    text_size = text_lib.SIZES[self.text["variant"]]
+    image = (2 * num_patches * patch * patch * 3 * vit_size.width
+             + transformer_flops(num_patches, *vit_size)
+             + 2 * vit_size.width * self.embed_dim)
+    text = transformer_flops(text_len, *text_size) + 2 * text_size.width * self.embed_dim
+    return float(image + text)

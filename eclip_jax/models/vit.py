@@ -21,6 +21,7 @@ from eclip_jax.models.layers import DType, TowerSize, partitioned
 
 SIZES = {
     "tiny": TowerSize(width=64, depth=2, num_heads=2, mlp_dim=256),
+    "mini": TowerSize(width=128, depth=4, num_heads=4, mlp_dim=512),
     "S": TowerSize(width=384, depth=12, num_heads=6, mlp_dim=1536),
     "B": TowerSize(width=768, depth=12, num_heads=12, mlp_dim=3072),
     "L": TowerSize(width=1024, depth=24, num_heads=16, mlp_dim=4096),

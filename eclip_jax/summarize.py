@@ -1,0 +1,54 @@
+r"""Final metrics of several runs as a markdown table with mean ± std (seeds, sweeps).
+
+  python -m eclip_jax.summarize workdirs/clip_tiny_seed* \
+      --metrics=eval/retrieval/i2t_r1,eval/retrieval/chance_r1,eval/zeroshot/top1
+
+Each run contributes the last value of each metric in its `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from eclip_jax import metrics as metrics_lib
+
+_METRICS = flags.DEFINE_list(
+    "metrics", ["eval/retrieval/i2t_r1", "eval/retrieval/t2i_r1", "eval/zeroshot/top1"],
+    "Metric keys to tabulate.")
+
+
+def final_metrics(workdir: str) -> dict[str, float]:
+  """The last logged value of every key of a run (the step included, as `step`)."""
+  final = {}
+  for row in metrics_lib.read_metrics(workdir):
+    final.update({k: v for k, v in row.items() if v is not None})
+  return final
+
+
+def table(workdirs: Sequence[str], keys: Sequence[str]) -> str:
+  """One row per run, then `mean ± std` over the runs (sample std; n-1)."""
+  runs = {workdir: final_metrics(workdir) for workdir in workdirs}
+  lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+  for workdir, final in runs.items():
+    values = " | ".join(f"{final[k]:.4f}" if k in final else "–" for k in keys)
+    lines.append(f"| {workdir} | {final.get('step', '–')} | {values} |")
+  summary = []
+  for key in keys:
+    values = [final[key] for final in runs.values() if key in final]
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary.append(f"{statistics.mean(values):.4f} ± {spread:.4f}" if values else "–")
+  lines.append(f"| mean ± std (n={len(runs)}) | | " + " | ".join(summary) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("name the run workdirs to summarize")
+  print(table(argv[1:], _METRICS.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

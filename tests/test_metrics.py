@@ -1,0 +1,38 @@
+"""metrics.jsonl writing (and its truncation on resume), MFU, and the run summary table."""
+
+import json
+
+import pytest
+
+from eclip_jax import metrics, summarize
+
+
+def test_resumed_writer_drops_rows_after_the_checkpoint(tmp_path):
+  writer = metrics.MetricWriter(tmp_path)
+  for step in (1, 2, 3, 4):
+    writer.write(step, {"train/loss": 1.0 / step})
+  writer.close()
+  # The run died after logging step 4 but its last checkpoint is step 2.
+  writer = metrics.MetricWriter(tmp_path, resume_step=2)
+  writer.write(3, {"train/loss": 0.5, "train/nan": float("nan")})
+  writer.close()
+  rows = metrics.read_metrics(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert rows[-1] == {"step": 3, "train/loss": 0.5, "train/nan": None}  # JSON has no NaN
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_mfu():
+  assert metrics.mfu(6e9, 1000.0, 8, 1e12) == pytest.approx(6e12 / 8e12)
+  assert metrics.mfu(6e9, 1000.0, 8, 0.0) is None
+
+
+def test_summary_table_mean_and_std(tmp_path):
+  for seed, value in enumerate([0.2, 0.4, 0.6]):
+    run = tmp_path / f"seed{seed}"
+    run.mkdir()
+    rows = [{"step": 5, "train/loss": 2.0}, {"step": 10, "eval/r1": value}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  table = summarize.table([str(tmp_path / f"seed{i}") for i in range(3)], ["eval/r1", "train/loss"])
+  assert "| mean ± std (n=3) | | 0.4000 ± 0.2000 | 2.0000 ± 0.0000 |" in table
+  assert f"| {tmp_path / 'seed1'} | 10 | 0.4000 | 2.0000 |" in table
