@@ -40,9 +40,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict({
       "kind": "softmax",  # "softmax" (CLIP InfoNCE) or "sigmoid" (SigLIP)
-      "impl": "gather",  # sharded implementation of contrastive_loss
+      # How contrastive_loss spreads the B x B logits over devices: "gather" (b x B per
+      # device), "ring" (b x b blocks passed around), "tiled" (tile x tile blocks; memory
+      # linear in b, and no slower: BENCHMARKS.md).
+      "impl": "tiled",
       "positives": "pair",  # "pair", "product" or "catalog": rows with equal ids are positives
-      "tile": 0,  # rows per tile for impl="tiled"; 0 = the implementation's default
+      "tile": 0,  # rows per tile for impl="tiled"; 0 = contrastive.DEFAULT_TILE (1024)
   })
 
   config.optim = ml_collections.ConfigDict({

@@ -1,6 +1,8 @@
-"""Sharded contrastive losses against a single-device float64 reference, and the clip objective."""
+"""Sharded contrastive losses (every impl) against a single-device float64 reference, and the
+clip objective."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -10,16 +12,18 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from eclip_jax import objectives
+from eclip_jax import objectives, parallel
 from eclip_jax.objectives import contrastive
 
-BATCH, DIM = 48, 16
+BATCH, DIM = 48, 16  # 6 rows per device on 8 devices
 ROWS = P(("data", "fsdp"))
 MESH_SHAPES = [(8, 1, 1), (4, 2, 1), (2, 2, 2)]
+# (impl, tile). A tile of 4 does not divide the 6 rows per device: the last tile overlaps.
+IMPLS = [("gather", None), ("ring", None), ("tiled", 4)]
 
 
 def _mesh(shape):
-  return jax.make_mesh(shape, ("data", "fsdp", "tensor"))
+  return parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
 
 
 def _embeddings(seed, batch=BATCH):
@@ -58,13 +62,15 @@ def _reference_value_and_grad(x, y, logit_scale, logit_bias, ids, kind):
     return np.asarray(loss), [np.asarray(g) for g in grads]
 
 
-def _sharded_value_and_grad(mesh, kind, x, y, logit_scale, logit_bias, ids):
+def _sharded_value_and_grad(mesh, kind, x, y, logit_scale, logit_bias, ids,
+                            impl="gather", tile=None):
   rows, replicated = NamedSharding(mesh, ROWS), NamedSharding(mesh, P())
   x, y = jax.device_put(x, rows), jax.device_put(y, rows)
   ids = None if ids is None else jax.device_put(ids, rows)
   logit_scale = jax.device_put(jnp.float32(logit_scale), replicated)
   logit_bias = jax.device_put(jnp.float32(logit_bias), replicated)
-  loss_fn = functools.partial(contrastive.contrastive_loss, kind=kind, mesh=mesh)
+  loss_fn = functools.partial(
+      contrastive.contrastive_loss, kind=kind, impl=impl, tile=tile, mesh=mesh)
   loss, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3)))(
       x, y, logit_scale, logit_bias, ids)
   return np.asarray(loss), [np.asarray(g) for g in grads]
@@ -77,16 +83,12 @@ def _assert_close(actual, expected, rtol):
   np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("mesh_shape", MESH_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("kind", contrastive.KINDS)
-@pytest.mark.parametrize("duplicates", [False, True], ids=["pairs", "duplicate_ids"])
-def test_gather_matches_float64_reference(mesh_shape, kind, duplicates):
-  x, y = _embeddings(seed=0)
-  ids = _duplicate_ids(seed=1) if duplicates else None
+def _check_against_reference(mesh_shape, impl, tile, kind, ids, batch=BATCH):
+  x, y = _embeddings(seed=0, batch=batch)
   logit_scale, logit_bias = 7.5, (-3.0 if kind == "sigmoid" else 0.5)
 
   loss, grads = _sharded_value_and_grad(
-      _mesh(mesh_shape), kind, x, y, logit_scale, logit_bias, ids)
+      _mesh(mesh_shape), kind, x, y, logit_scale, logit_bias, ids, impl=impl, tile=tile)
   ref_loss, ref_grads = _reference_value_and_grad(x, y, logit_scale, logit_bias, ids, kind)
 
   assert loss.dtype == np.float32 and loss.shape == ()
@@ -94,6 +96,35 @@ def test_gather_matches_float64_reference(mesh_shape, kind, duplicates):
   for name, grad, ref_grad in zip(("x", "y", "logit_scale", "logit_bias"), grads, ref_grads):
     assert grad.shape == ref_grad.shape, name
     _assert_close(grad, ref_grad, rtol=1e-5)
+
+
+def _reference_cases() -> list:
+  """Each impl × kind × positives once, the meshes taking turns: every impl meets all three."""
+  cases = []
+  for (impl, tile), (i, (kind, duplicates)) in itertools.product(
+      IMPLS, enumerate(itertools.product(contrastive.KINDS, (False, True)))):
+    mesh_shape = MESH_SHAPES[i % len(MESH_SHAPES)]
+    case_id = "-".join([impl, kind, "duplicate_ids" if duplicates else "pairs",
+                        "x".join(map(str, mesh_shape))])
+    cases.append(pytest.param(mesh_shape, impl, tile, kind, duplicates, id=case_id))
+  return cases
+
+
+@pytest.mark.parametrize("mesh_shape, impl, tile, kind, duplicates", _reference_cases())
+def test_impls_match_float64_reference(mesh_shape, impl, tile, kind, duplicates):
+  ids = _duplicate_ids(seed=1) if duplicates else None
+  _check_against_reference(mesh_shape, impl, tile, kind, ids)
+
+
+@pytest.mark.parametrize("kind", contrastive.KINDS)
+@pytest.mark.parametrize("impl, tile", [("ring", None), ("tiled", 2), ("tiled", 3),
+                                        ("tiled", 64)])
+def test_odd_sizes_match_float64_reference(impl, tile, kind):
+  # 5 rows per device: tiles of 2 and 3 leave a remainder (the last tile overlaps), 64 is
+  # clipped to one tile of 5; groups of 3 duplicate ids straddle devices.
+  batch = 40
+  _check_against_reference((4, 2, 1), impl, tile, kind, _duplicate_ids(seed=5, batch=batch),
+                           batch=batch)
 
 
 def test_duplicate_ids_change_the_loss():
@@ -106,21 +137,44 @@ def test_duplicate_ids_change_the_loss():
 
 
 @pytest.mark.parametrize("kind", contrastive.KINDS)
-def test_bfloat16_inputs_accumulate_in_float32(kind):
+@pytest.mark.parametrize("impl, tile", IMPLS)
+def test_bfloat16_inputs_accumulate_in_float32(impl, tile, kind):
   mesh = _mesh((4, 2, 1))
   x, y = _embeddings(seed=2)
-  loss_fn = jax.jit(functools.partial(contrastive.contrastive_loss, kind=kind, mesh=mesh))
+  loss_fn = functools.partial(
+      contrastive.contrastive_loss, kind=kind, impl=impl, tile=tile, mesh=mesh)
+  value_and_grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
   rows = NamedSharding(mesh, ROWS)
-  f32_loss = loss_fn(jax.device_put(x, rows), jax.device_put(y, rows), 7.5, -3.0)
-  bf16_loss = loss_fn(jax.device_put(x.astype(jnp.bfloat16), rows),
-                      jax.device_put(y.astype(jnp.bfloat16), rows), 7.5, -3.0)
+  f32_loss, f32_grads = value_and_grad(jax.device_put(x, rows), jax.device_put(y, rows), 7.5, -3.0)
+  bf16_loss, bf16_grads = value_and_grad(jax.device_put(x.astype(jnp.bfloat16), rows),
+                                         jax.device_put(y.astype(jnp.bfloat16), rows), 7.5, -3.0)
   assert bf16_loss.dtype == jnp.float32
   np.testing.assert_allclose(bf16_loss, f32_loss, rtol=2e-2)
+  for bf16_grad, f32_grad in zip(bf16_grads, f32_grads):
+    assert bf16_grad.dtype == jnp.bfloat16
+    _assert_close(np.asarray(bf16_grad, np.float32), f32_grad, rtol=5e-2)
+
+
+@pytest.mark.parametrize("impl, tile", IMPLS + [("tiled", 5)])
+def test_accuracy_is_top1_over_the_global_batch(impl, tile):
+  mesh = _mesh((2, 2, 2))
+  x, y = _embeddings(seed=6)
+  ids = _duplicate_ids(seed=7)
+  rows = NamedSharding(mesh, ROWS)
+  loss_and_accuracy = jax.jit(functools.partial(
+      contrastive.contrastive_loss_and_accuracy, impl=impl, tile=tile, mesh=mesh))
+  _, accuracy = loss_and_accuracy(
+      jax.device_put(x, rows), jax.device_put(y, rows), 7.5, None, jax.device_put(ids, rows))
+  best = np.argmax(x @ y.T, axis=1)
+  np.testing.assert_allclose(accuracy, np.mean(ids[best] == ids))
+  assert 0.0 < float(accuracy) < 1.0  # informative, not saturated
 
 
 @pytest.mark.parametrize("kwargs, batch, message", [
     ({"kind": "hinge"}, BATCH, "Unknown contrastive loss kind 'hinge'; known: softmax, sigmoid"),
-    ({"impl": "ring"}, BATCH, "Unknown contrastive loss impl 'ring'; implemented: gather"),
+    ({"impl": "rings"}, BATCH,
+     "Unknown contrastive loss impl 'rings'; implemented: gather, ring, tiled"),
+    ({"impl": "tiled", "tile": 0}, BATCH, "tile=0 must be a positive number of rows"),
     ({}, 12, "global batch 12 is not divisible by the 8 devices"),
     ({"batch_axes": ("data", "replica")}, BATCH, "absent from the mesh"),
 ])
@@ -147,11 +201,13 @@ def _clip_inputs(mesh):
 
 
 @pytest.mark.parametrize("kind", contrastive.KINDS)
-def test_clip_objective_catalog_positives(kind):
+@pytest.mark.parametrize("impl", [impl for impl, _ in IMPLS])
+def test_clip_objective_catalog_positives(impl, kind):
   mesh = _mesh((2, 2, 2))
   outputs, batch = _clip_inputs(mesh)
+  # loss.tile = 0 asks for the default tile.
   loss_config = ml_collections.ConfigDict(
-      {"kind": kind, "impl": "gather", "positives": "catalog", "tile": None})
+      {"kind": kind, "impl": impl, "positives": "catalog", "tile": 0})
   ctx = objectives.ObjectiveContext(mesh=mesh, loss_config=loss_config)
 
   objective = objectives.get_objective("clip")
@@ -159,7 +215,7 @@ def test_clip_objective_catalog_positives(kind):
 
   expected = jax.jit(functools.partial(contrastive.contrastive_loss, kind=kind, mesh=mesh))(
       outputs["image_emb"], outputs["text_emb"], 7.5, -3.0, batch["catalog_id"])
-  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)  # gather's, up to summation order
   expected_keys = {"contrastive_loss", "logit_scale", "i2t_acc"}
   if kind == "sigmoid":
     expected_keys.add("logit_bias")
@@ -179,7 +235,7 @@ def test_clip_objective_pairs_without_duplicates(positives):
   mesh = _mesh((4, 2, 1))
   outputs, batch = _clip_inputs(mesh)
   loss_config = ml_collections.ConfigDict(
-      {"kind": "softmax", "impl": "gather", "positives": positives, "tile": None})
+      {"kind": "softmax", "impl": "gather", "positives": positives, "tile": 0})
   ctx = objectives.ObjectiveContext(mesh=mesh, loss_config=loss_config)
   objective = objectives.get_objective("clip")
   loss, _ = jax.jit(lambda outputs, batch: objective(outputs, batch, ctx))(outputs, batch)

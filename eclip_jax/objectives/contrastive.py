@@ -11,20 +11,39 @@ product); without ids, row i matches row i only.
 
 `x` and `y` are split by rows over the product of the mesh's batch axes; every other axis
 (e.g. "tensor") holds replicas. An implementation is a function selected by `impl` that runs
-inside `jax.shard_map` and sees one device's `b = B / n` rows:
+inside `jax.shard_map` on one device's `b = B / n` rows; per device they need:
 
 - "gather": all-gather the other side's embeddings and score the local rows against the
-  whole batch (a b×B block per direction). Simple and fast while b×B fits in memory.
+  whole batch: b×B logits per direction. Simple and fast while b×B fits in memory.
+- "ring": the devices form a ring over the batch axes. Each keeps its x rows and passes its y
+  rows (with their ids) around with `ppermute`; after n hops every device has scored its rows
+  against every column, holding one b×b block at a time.
+- "tiled": the ring, with each device's rows and the travelling columns cut into tiles of
+  `tile` rows (Inf-CL's scheme), so that at most a tile×tile block of logits and a tile of
+  columns exist at once: memory linear in b, whatever B.
 
-Every implementation accumulates in float32, whatever the embedding dtype, and differentiates
-through its collectives: JAX transposes an `all_gather` into a reduce-scatter, so each
-device's embedding gradients arrive on the device that owns those rows.
+Ring and tiled share one traversal (ring is tiled with a single tile of b rows). It never
+holds a row or column of logits whole, so the softmax keeps running log-sum-exps instead:
+each row's over the tiles it has met, and each column's travelling with its tile, which makes
+one pass serve both directions. The positive term needs no travelling state: positives share
+an id, so a row and a column that are positives of each other have the same count c, and
+Σ_j (1/c_j) Σ_{i pos} L_ij = Σ_i (1/c_i) Σ_{j pos} L_ij, i.e. both directions' positive terms
+equal the rows'. The gradient is a `jax.custom_vjp` that walks the tiles again recomputing
+the logits, carrying each column tile's gradient with it around the ring, home to its owner.
+Plain autodiff, even with `jax.checkpoint` per hop, would store every tile that passes by:
+all of y, B×D per device (BENCHMARKS.md has the measured figures).
+
+Every implementation accumulates in float32, whatever the embedding dtype. "gather"
+differentiates through its collectives: JAX transposes an `all_gather` into a reduce-scatter,
+so each device's embedding gradients arrive on the device that owns those rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -37,6 +56,10 @@ if TYPE_CHECKING:
 
 BATCH_AXES = ("data", "fsdp")
 KINDS = ("softmax", "sigmoid")
+# Rows per tile for impl="tiled" when `tile` is not given: a 1024×1024 float32 block is
+# 4 MiB. Measured (BENCHMARKS.md): tiles of 256 to 2048 rows run equally fast at a 16k batch;
+# 1024 keeps the temporaries of a 1M batch on 8 devices at 20 MiB per device (2048: 59 MiB).
+DEFAULT_TILE = 1024
 
 # loss.positives -> the batch key holding the ids that make rows positives of each other.
 POSITIVE_ID_KEYS = {"pair": None, "product": "product_id", "catalog": "catalog_id"}
@@ -47,22 +70,45 @@ POSITIVE_ID_KEYS = {"pair": None, "product": "product_id", "catalog": "catalog_i
 # ---------------------------------------------------------------------------------------------
 
 
-def _logits(rows: jax.Array, cols: jax.Array, logit_scale, logit_bias) -> jax.Array:
-  """`logit_scale · rows colsᵀ (+ logit_bias)`, accumulated in float32."""
-  logits = logit_scale * jnp.dot(rows, cols.T, preferred_element_type=jnp.float32)
+def _ring_size(mesh: jax.sharding.Mesh, batch_axes: tuple[str, ...]) -> int:
+  """How many devices split the batch (n)."""
+  return math.prod(mesh.shape[axis] for axis in batch_axes)
+
+
+def _dots(rows: jax.Array, cols: jax.Array) -> jax.Array:
+  """`rows colsᵀ`, accumulated in float32."""
+  return jnp.dot(rows, cols.T, preferred_element_type=jnp.float32)
+
+
+def _scale_and_shift(dots: jax.Array, logit_scale, logit_bias) -> jax.Array:
+  logits = logit_scale * dots
   return logits if logit_bias is None else logits + logit_bias
 
 
-def _block_positives(ids, num_rows: int, batch_axes: tuple[str, ...], global_batch: int):
-  """[b, B] mask of positives: this device's rows against every row of the global batch."""
-  if ids is None:
-    # Row i matches column i only. This device holds global rows [k·b, (k+1)·b), k being its
-    # index over the batch axes: the same order in which `all_gather` concatenates shards.
-    row_ids = lax.axis_index(batch_axes) * num_rows + jnp.arange(num_rows)
-    col_ids = jnp.arange(global_batch)
-  else:
-    row_ids, col_ids = ids, lax.all_gather(ids, batch_axes, tiled=True)
-  return row_ids[:, None] == col_ids[None, :]
+def _positional_ids(num_rows: int, batch_axes: tuple[str, ...]) -> jax.Array:
+  """Global row indices of this device's rows: row i is then the only positive of row i."""
+  # This device holds global rows [k·b, (k+1)·b), k being its index over the batch axes: the
+  # same order in which `all_gather(..., tiled=True)` concatenates shards.
+  return lax.axis_index(batch_axes) * num_rows + jnp.arange(num_rows)
+
+
+def _sigmoid_terms(logits: jax.Array, positives: jax.Array) -> jax.Array:
+  """−log σ(z · L) elementwise."""
+  return -jax.nn.log_sigmoid(jnp.where(positives, logits, -logits))
+
+
+def _best_match(logits: jax.Array, positives: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per row: the highest logit and whether its column is a positive."""
+  # A positive logit scale and a shared bias do not move the argmax: logits rank like scores.
+  best = jnp.argmax(logits, axis=1)
+  hit = jnp.take_along_axis(positives, best[:, None], axis=1)[:, 0]
+  return jnp.max(logits, axis=1), hit
+
+
+# ---------------------------------------------------------------------------------------------
+# impl="gather": fn(x, y, logit_scale, logit_bias, ids, *, kind, mesh, batch_axes, tile)
+# -> (loss, i2t_accuracy), as every implementation
+# ---------------------------------------------------------------------------------------------
 
 
 def _softmax_sum(logits: jax.Array, positives: jax.Array) -> jax.Array:
@@ -73,43 +119,308 @@ def _softmax_sum(logits: jax.Array, positives: jax.Array) -> jax.Array:
   return jnp.sum(jax.nn.logsumexp(logits, axis=1) - positive_mean)
 
 
-def _sigmoid_sum(logits: jax.Array, positives: jax.Array) -> jax.Array:
-  """Σ over the block of −log σ(z · L)."""
-  return -jnp.sum(jax.nn.log_sigmoid(jnp.where(positives, logits, -logits)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Implementations: fn(x, y, logit_scale, logit_bias, ids, *, kind, mesh, batch_axes, tile)
-# ---------------------------------------------------------------------------------------------
-
-
 def _gather_loss(x, y, logit_scale, logit_bias, ids, *, kind, mesh, batch_axes, tile):
   """Each device gathers the other side and scores its own rows against the whole batch."""
   del tile  # whole b×B blocks at once; bounding the block is what impl="tiled" is for
   global_batch = x.shape[0]
 
   def per_device(x, y, logit_scale, logit_bias, ids):
-    positives = _block_positives(ids, x.shape[0], batch_axes, global_batch)
-    image_to_text = _logits(x, lax.all_gather(y, batch_axes, tiled=True), logit_scale, logit_bias)
+    if ids is None:
+      row_ids, col_ids = _positional_ids(x.shape[0], batch_axes), jnp.arange(global_batch)
+    else:
+      row_ids, col_ids = ids, lax.all_gather(ids, batch_axes, tiled=True)
+    positives = row_ids[:, None] == col_ids[None, :]
+    image_to_text = _scale_and_shift(
+        _dots(x, lax.all_gather(y, batch_axes, tiled=True)), logit_scale, logit_bias)
     if kind == "sigmoid":
       # The devices' b×B blocks tile the B×B matrix exactly once: one direction is all of it.
-      local = _sigmoid_sum(image_to_text, positives)
+      local = jnp.sum(_sigmoid_terms(image_to_text, positives))
     else:
       # Columns owned here: local y rows against all of x, i.e. rows of Lᵀ. Ids are shared by
       # both sides, so the positives mask is the same.
-      text_to_image = _logits(
-          y, lax.all_gather(x, batch_axes, tiled=True), logit_scale, logit_bias)
+      text_to_image = _scale_and_shift(
+          _dots(y, lax.all_gather(x, batch_axes, tiled=True)), logit_scale, logit_bias)
       local = 0.5 * (_softmax_sum(image_to_text, positives)
                      + _softmax_sum(text_to_image, positives))
-    return lax.psum(local, batch_axes) / global_batch
+    hits = jnp.sum(_best_match(lax.stop_gradient(image_to_text), positives)[1], dtype=jnp.float32)
+    return (lax.psum(local, batch_axes) / global_batch,
+            lax.psum(hits, batch_axes) / global_batch)
 
   rows = P(batch_axes)
   return jax.shard_map(
-      per_device, mesh=mesh, in_specs=(rows, rows, P(), P(), rows), out_specs=P(),
+      per_device, mesh=mesh, in_specs=(rows, rows, P(), P(), rows), out_specs=(P(), P()),
   )(x, y, logit_scale, logit_bias, ids)
 
 
-_IMPLS = {"gather": _gather_loss}
+# ---------------------------------------------------------------------------------------------
+# impl="ring" and impl="tiled": one traversal of tiles around the ring, a custom gradient
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Traversal:
+  """The static shape of a traversal (hashable: it is a `custom_vjp` non-diff argument)."""
+
+  kind: str
+  mesh: jax.sharding.Mesh
+  batch_axes: tuple[str, ...]
+  tile: int  # rows per tile, ≤ the per-device batch
+
+
+def _tile_start(index, tile: int, length: int) -> tuple[jax.Array, jax.Array]:
+  """First row of tile `index` of `length` rows, and which of its rows the tile owns.
+
+  When `tile` does not divide `length` the last tile is shifted back to end at `length`,
+  overlapping its predecessor; the overlap is masked out. Every tile thus has `tile` rows
+  and nothing is padded (a padded copy of the embeddings would cost b×D memory).
+  """
+  start = jnp.minimum(index * tile, length - tile)
+  return start, start + jnp.arange(tile) >= index * tile
+
+
+def _varying_full(shape, value, batch_axes: tuple[str, ...], dtype=jnp.float32) -> jax.Array:
+  """A constant array typed as differing across devices, as loop carries that will must be."""
+  return lax.pcast(jnp.full(shape, value, dtype), batch_axes, to="varying")
+
+
+def _read(tree, start, size: int):
+  return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), tree)
+
+
+def _write(tree, start, update):
+  return jax.tree.map(lambda a, u: lax.dynamic_update_slice_in_dim(a, u, start, 0), tree, update)
+
+
+def _tile_logits(x_tile, y_tile, row_ids, col_ids, row_owned, col_owned, logit_scale, logit_bias):
+  """Raw dot products, logits, positives and the mask of pairs this tile owns."""
+  dots = _dots(x_tile, y_tile)
+  owned = row_owned[:, None] & col_owned[None, :]
+  positives = (row_ids[:, None] == col_ids[None, :]) & owned
+  return dots, _scale_and_shift(dots, logit_scale, logit_bias), positives, owned
+
+
+def _ring_of_tiles(traversal: _Traversal, num_rows: int, state, column_tile: Callable,
+                   visit: Callable, finish: Callable):
+  """Visits every (local row tile, global column tile) pair once; returns the final `state`.
+
+  For each local column tile c: `column_tile(c, state) -> (payload, accumulator)` starts it;
+  it then makes n hops around the ring, and on every device it reaches,
+  `visit(r, c, payload, state, accumulator) -> (state, accumulator)` runs for each local row
+  tile r. After the n-th hop the accumulator is home again and
+  `finish(c, state, accumulator) -> state` stores it. The payload (embeddings, ids) never
+  changes, so it is sent before the visits, leaving the transfer time to overlap them.
+  """
+  n, tile = _ring_size(traversal.mesh, traversal.batch_axes), traversal.tile
+  num_tiles = -(-num_rows // tile)
+  # Device k (its index over the batch axes, linearized as `axis_index` and `all_gather` do)
+  # sends to k+1. Any single n-cycle would do: ids travel with their tile, and after n hops
+  # every tile has met every device and is home.
+  ring = [(k, (k + 1) % n) for k in range(n)]
+  send = functools.partial(lax.ppermute, axis_name=traversal.batch_axes, perm=ring)
+
+  def one_column_tile(c, state):
+    def visit_rows(payload, state, accumulator):
+      return lax.fori_loop(
+          0, num_tiles, lambda r, carry: visit(r, c, payload, *carry), (state, accumulator))
+
+    def hop(_, carry):
+      payload, state, accumulator = carry
+      next_payload = send(payload)
+      state, accumulator = visit_rows(payload, state, accumulator)
+      return next_payload, state, send(accumulator)
+
+    payload, accumulator = column_tile(c, state)
+    payload, state, accumulator = lax.fori_loop(0, n - 1, hop, (payload, state, accumulator))
+    # The last device to see this tile sends back only the accumulator: the owner has the rest.
+    state, accumulator = visit_rows(payload, state, accumulator)
+    return finish(c, state, send(accumulator))
+
+  return lax.fori_loop(0, num_tiles, one_column_tile, state)
+
+
+def _traversal_forward(traversal: _Traversal, x, y, logit_scale, logit_bias, ids):
+  """(loss, accuracy, the per-row statistics the gradient needs)."""
+  kind, tile, batch_axes = traversal.kind, traversal.tile, traversal.batch_axes
+  global_batch = x.shape[0]
+
+  def per_device(x, y, logit_scale, logit_bias, ids):
+    b = x.shape[0]
+    ids = _positional_ids(b, batch_axes) if ids is None else ids
+    # Statistics of the local rows of x (updated per row tile) and of the local rows of y
+    # (stored when their tile comes home).
+    full = functools.partial(_varying_full, (b,), batch_axes=batch_axes)
+    rows = {"best": full(-jnp.inf), "hit": full(False, dtype=bool)}
+    if kind == "softmax":
+      rows.update(lse=full(-jnp.inf), positive_sum=full(0.0), positive_count=full(0.0))
+      cols = {"lse": full(-jnp.inf)}
+    else:
+      rows.update(loss=full(0.0))
+      cols = {}
+
+    def column_tile(c, state):
+      start, _ = _tile_start(c, tile, b)
+      # Each column's log-sum-exp over the rows it has met travels with its tile. Starting
+      # from the stored values makes storing them back exact: a shifted last tile's borrowed
+      # columns were finished by its predecessor, and their pairs are masked out here.
+      return _read((y, ids), start, tile), _read(state[1], start, tile)
+
+    def visit(r, c, payload, state, col_stats):
+      rows, cols = state
+      row_start, row_owned = _tile_start(r, tile, b)
+      _, col_owned = _tile_start(c, tile, b)
+      x_tile, row_ids = _read((x, ids), row_start, tile)
+      y_tile, col_ids = payload
+      _, logits, positives, owned = _tile_logits(
+          x_tile, y_tile, row_ids, col_ids, row_owned, col_owned, logit_scale, logit_bias)
+      # Pairs outside `owned` (overlapping tiles) contribute each statistic's identity.
+      old = _read(rows, row_start, tile)
+      new = dict(old)
+      best, hit = _best_match(jnp.where(owned, logits, -jnp.inf), positives)
+      improved = best > old["best"]
+      new["best"] = jnp.where(improved, best, old["best"])
+      new["hit"] = jnp.where(improved, hit, old["hit"])
+      if kind == "softmax":
+        new["lse"] = jnp.logaddexp(old["lse"], jax.nn.logsumexp(logits, axis=1, where=owned))
+        col_stats = {"lse": jnp.logaddexp(
+            col_stats["lse"], jax.nn.logsumexp(logits, axis=0, where=owned))}
+        new["positive_sum"] = old["positive_sum"] + jnp.sum(
+            jnp.where(positives, logits, 0.0), axis=1)
+        new["positive_count"] = old["positive_count"] + jnp.sum(positives, axis=1)
+      else:
+        new["loss"] = old["loss"] + jnp.sum(
+            jnp.where(owned, _sigmoid_terms(logits, positives), 0.0), axis=1)
+      return (_write(rows, row_start, new), cols), col_stats
+
+    def finish(c, state, col_stats):
+      rows, cols = state
+      start, _ = _tile_start(c, tile, b)
+      return rows, _write(cols, start, col_stats)
+
+    rows, cols = _ring_of_tiles(traversal, b, (rows, cols), column_tile, visit, finish)
+    if kind == "softmax":
+      local = (0.5 * jnp.sum(rows["lse"] + cols["lse"])
+               - jnp.sum(rows["positive_sum"] / rows["positive_count"]))
+      saved = (rows["lse"], rows["positive_count"], cols["lse"])
+    else:
+      local, saved = jnp.sum(rows["loss"]), ()
+    loss = lax.psum(local, batch_axes) / global_batch
+    accuracy = lax.psum(jnp.sum(rows["hit"], dtype=jnp.float32), batch_axes) / global_batch
+    return loss, accuracy, saved
+
+  rows = P(batch_axes)
+  return jax.shard_map(
+      per_device, mesh=traversal.mesh, in_specs=(rows, rows, P(), P(), rows),
+      out_specs=(P(), P(), rows),
+  )(x, y, logit_scale, logit_bias, ids)
+
+
+def _logit_grads(kind, logits, positives, owned, saved_rows, saved_cols, global_batch):
+  """∂loss/∂logits on one tile: the module docstring's formulas, differentiated."""
+  if kind == "sigmoid":
+    signs = jnp.where(positives, 1.0, -1.0)
+    grads = -signs * jax.nn.sigmoid(-signs * logits)
+  else:
+    (row_lse, positive_count), (col_lse,) = saved_rows, saved_cols
+    softmax_rows = jnp.exp(logits - row_lse[:, None])
+    softmax_cols = jnp.exp(logits - col_lse[None, :])
+    grads = 0.5 * (softmax_rows + softmax_cols) - positives / positive_count[:, None]
+  return jnp.where(owned, grads, 0.0) / global_batch
+
+
+def _traversal_backward(traversal: _Traversal, residuals, cotangents):
+  x, y, logit_scale, logit_bias, ids, saved = residuals
+  loss_cotangent, _ = cotangents  # the accuracy is a metric: nothing flows back through it
+  kind, tile, batch_axes = traversal.kind, traversal.tile, traversal.batch_axes
+  global_batch = x.shape[0]
+
+  def per_device(x, y, logit_scale, logit_bias, ids, saved, loss_cotangent):
+    b, dim = x.shape
+    ids = _positional_ids(b, batch_axes) if ids is None else ids
+    saved_rows, saved_cols = (saved[:2], saved[2:]) if kind == "softmax" else ((), ())
+    # dx, dy, ∂/∂logit_scale, ∂/∂logit_bias. A row of dx gathers contributions until the
+    # end, so dx accumulates in float32; a row of dy is complete when its tile comes home, so
+    # dy is stored in y's dtype (float32 accumulation happens in the travelling tile).
+    zeros = functools.partial(_varying_full, value=0.0, batch_axes=batch_axes)
+    grads = (zeros((b, dim)), zeros((b, dim), dtype=y.dtype), zeros(()), zeros(()))
+
+    def column_tile(c, grads):
+      del grads  # the columns' saved statistics are all it starts from
+      start, _ = _tile_start(c, tile, b)
+      # The tile carries its columns' saved log-sum-exps; its dy accumulates on the way.
+      return _read((y, ids, saved_cols), start, tile), zeros((tile, dim))
+
+    def visit(r, c, payload, grads, dy_tile):
+      row_start, row_owned = _tile_start(r, tile, b)
+      _, col_owned = _tile_start(c, tile, b)
+      y_tile, col_ids, cols_saved = payload
+      x_tile, row_ids, rows_saved = _read((x, ids, saved_rows), row_start, tile)
+      dots, logits, positives, owned = _tile_logits(
+          x_tile, y_tile, row_ids, col_ids, row_owned, col_owned, logit_scale, logit_bias)
+      logit_grads = loss_cotangent * _logit_grads(
+          kind, logits, positives, owned, rows_saved, cols_saved, global_batch)
+      dx, dy, d_scale, d_bias = grads
+      # L = s·x·yᵀ (+ bias): the chain rule through the dot products, as mixed-precision
+      # matmuls (operands in the embeddings' dtype, float32 accumulation). Float32 operands
+      # would have XLA convert all of x and y to float32 up front: 2·b·D·4 bytes for bf16.
+      operand = logit_grads.astype(x.dtype)
+      dx_tile = _read(dx, row_start, tile) + logit_scale * jnp.dot(
+          operand, y_tile, preferred_element_type=jnp.float32)
+      dy_tile = dy_tile + logit_scale * jnp.dot(
+          operand.T, x_tile, preferred_element_type=jnp.float32)
+      if kind == "sigmoid":
+        # A shift shared by all logits cancels in a softmax: there its gradient is exactly 0
+        # (summing the tiles' would return rounding noise).
+        d_bias = d_bias + jnp.sum(logit_grads)
+      grads = (_write(dx, row_start, dx_tile), dy, d_scale + jnp.sum(logit_grads * dots), d_bias)
+      return grads, dy_tile
+
+    def finish(c, grads, dy_tile):
+      dx, dy, d_scale, d_bias = grads
+      start, _ = _tile_start(c, tile, b)
+      # A shifted last tile's borrowed columns got no gradient here: adding them is exact.
+      dy_tile = (_read(dy, start, tile) + dy_tile).astype(dy.dtype)
+      return dx, _write(dy, start, dy_tile), d_scale, d_bias
+
+    dx, dy, d_scale, d_bias = _ring_of_tiles(traversal, b, grads, column_tile, visit, finish)
+    return (dx.astype(x.dtype), dy, lax.psum(d_scale, batch_axes), lax.psum(d_bias, batch_axes))
+
+  rows = P(batch_axes)
+  dx, dy, d_scale, d_bias = jax.shard_map(
+      per_device, mesh=traversal.mesh, in_specs=(rows, rows, P(), P(), rows, rows, P()),
+      out_specs=(rows, rows, P(), P()),
+  )(x, y, logit_scale, logit_bias, ids, saved, loss_cotangent)
+  return dx, dy, d_scale, None if logit_bias is None else d_bias, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _traversal_loss(traversal: _Traversal, x, y, logit_scale, logit_bias, ids):
+  return _traversal_forward(traversal, x, y, logit_scale, logit_bias, ids)[:2]
+
+
+def _traversal_loss_fwd(traversal, x, y, logit_scale, logit_bias, ids):
+  loss, accuracy, saved = _traversal_forward(traversal, x, y, logit_scale, logit_bias, ids)
+  return (loss, accuracy), (x, y, logit_scale, logit_bias, ids, saved)
+
+
+_traversal_loss.defvjp(_traversal_loss_fwd, _traversal_backward)
+
+
+def _ring_loss(x, y, logit_scale, logit_bias, ids, *, kind, mesh, batch_axes, tile):
+  """The traversal with one tile per device: b×b blocks, b×D in flight."""
+  del tile  # the whole per-device block is one tile
+  traversal = _Traversal(kind, mesh, batch_axes, tile=x.shape[0] // _ring_size(mesh, batch_axes))
+  return _traversal_loss(traversal, x, y, logit_scale, logit_bias, ids)
+
+
+def _tiled_loss(x, y, logit_scale, logit_bias, ids, *, kind, mesh, batch_axes, tile):
+  """The traversal with tiles of `tile` rows (default DEFAULT_TILE): memory linear in b."""
+  per_device = x.shape[0] // _ring_size(mesh, batch_axes)
+  traversal = _Traversal(kind, mesh, batch_axes, tile=min(tile or DEFAULT_TILE, per_device))
+  return _traversal_loss(traversal, x, y, logit_scale, logit_bias, ids)
+
+
+_IMPLS = {"gather": _gather_loss, "ring": _ring_loss, "tiled": _tiled_loss}
+IMPLS = tuple(_IMPLS)  # the values `impl` (config `loss.impl`) accepts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,11 +440,46 @@ def _check_batch(x, y, ids, mesh: jax.sharding.Mesh, batch_axes: tuple[str, ...]
         f"x and y must both be [B, D] with equal shapes; got {x.shape} and {y.shape}.")
   if ids is not None and ids.shape != x.shape[:1]:
     raise ValueError(f"ids must be [B] = {x.shape[:1]}; got {ids.shape}.")
-  num_shards = math.prod(mesh.shape[axis] for axis in batch_axes)
+  num_shards = _ring_size(mesh, batch_axes)
   if x.shape[0] % num_shards:
     raise ValueError(
         f"global batch {x.shape[0]} is not divisible by the {num_shards} devices of the batch "
         f"axes {batch_axes}; set input.batch_size to a multiple of {num_shards}.")
+
+
+def contrastive_loss_and_accuracy(
+    x: jax.Array,
+    y: jax.Array,
+    logit_scale: jax.Array | float,
+    logit_bias: jax.Array | float | None = None,
+    ids: jax.Array | None = None,
+    *,
+    kind: str = "softmax",
+    impl: str = "gather",
+    mesh: jax.sharding.Mesh,
+    batch_axes: Sequence[str] = BATCH_AXES,
+    tile: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """`contrastive_loss` and, from the same pass, the image→text top-1 accuracy.
+
+  The accuracy is the fraction of rows of `x` whose highest-scoring row of `y` in the global
+  batch is a positive (ties go to the column met first). It is a metric: not differentiated.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"Unknown contrastive loss kind {kind!r}; known: {', '.join(KINDS)}.")
+  if impl not in _IMPLS:
+    raise ValueError(
+        f"Unknown contrastive loss impl {impl!r}; implemented: {', '.join(_IMPLS)}.")
+  if tile is not None and tile < 1:
+    raise ValueError(f"tile={tile} must be a positive number of rows, or None for the default.")
+  batch_axes = tuple(batch_axes)
+  _check_batch(x, y, ids, mesh, batch_axes)
+  logit_scale = jnp.asarray(logit_scale, jnp.float32)
+  if logit_bias is not None:
+    logit_bias = jnp.asarray(logit_bias, jnp.float32)
+  return _IMPLS[impl](
+      x, y, logit_scale, logit_bias, ids,
+      kind=kind, mesh=mesh, batch_axes=batch_axes, tile=tile)
 
 
 def contrastive_loss(
@@ -158,58 +504,18 @@ def contrastive_loss(
     logit_bias: an additive logit bias (sigmoid), a replicated scalar, or None.
     ids: optional [B] ints sharded like `x`; rows of equal ids are positives of each other.
     kind: "softmax" (CLIP InfoNCE, both directions) or "sigmoid" (SigLIP).
-    impl: how the B×B logits are spread over devices; see the module docstring.
+    impl: "gather", "ring" or "tiled": how the B×B logits are spread over devices and
+      time; see the module docstring.
     mesh: the device mesh `x` and `y` live on.
     batch_axes: mesh axes whose product splits the rows.
-    tile: block size for impls that tile the logits; others ignore it.
+    tile: rows per tile for impl="tiled" (None: DEFAULT_TILE); other impls ignore it.
 
   Returns:
     A float32 scalar, replicated.
   """
-  if kind not in KINDS:
-    raise ValueError(f"Unknown contrastive loss kind {kind!r}; known: {', '.join(KINDS)}.")
-  if impl not in _IMPLS:
-    raise ValueError(
-        f"Unknown contrastive loss impl {impl!r}; implemented: {', '.join(_IMPLS)}.")
-  batch_axes = tuple(batch_axes)
-  _check_batch(x, y, ids, mesh, batch_axes)
-  logit_scale = jnp.asarray(logit_scale, jnp.float32)
-  if logit_bias is not None:
-    logit_bias = jnp.asarray(logit_bias, jnp.float32)
-  return _IMPLS[impl](
+  return contrastive_loss_and_accuracy(
       x, y, logit_scale, logit_bias, ids,
-      kind=kind, mesh=mesh, batch_axes=batch_axes, tile=tile)
-
-
-def i2t_accuracy(
-    x: jax.Array,
-    y: jax.Array,
-    ids: jax.Array | None = None,
-    *,
-    mesh: jax.sharding.Mesh,
-    batch_axes: Sequence[str] = BATCH_AXES,
-) -> jax.Array:
-  """Fraction of rows of `x` whose best-scoring row of `y` in the global batch is a positive.
-
-  A positive logit scale and a shared bias do not move the argmax, so raw dot products rank.
-  Not differentiated: a metric, not a loss.
-  """
-  batch_axes = tuple(batch_axes)
-  _check_batch(x, y, ids, mesh, batch_axes)
-  global_batch = x.shape[0]
-
-  def per_device(x, y, ids):
-    positives = _block_positives(ids, x.shape[0], batch_axes, global_batch)
-    scores = jnp.dot(
-        x, lax.all_gather(y, batch_axes, tiled=True).T, preferred_element_type=jnp.float32)
-    best = jnp.argmax(scores, axis=1)
-    hits = jnp.take_along_axis(positives, best[:, None], axis=1)
-    return lax.psum(jnp.sum(hits, dtype=jnp.float32), batch_axes) / global_batch
-
-  rows = P(batch_axes)
-  return jax.shard_map(
-      per_device, mesh=mesh, in_specs=(rows, rows, rows), out_specs=P(),
-  )(lax.stop_gradient(x), lax.stop_gradient(y), ids)
+      kind=kind, impl=impl, mesh=mesh, batch_axes=batch_axes, tile=tile)[0]
 
 
 def clip_objective(
@@ -226,21 +532,16 @@ def clip_objective(
         f"Unknown loss.positives {config.positives!r}; known: {', '.join(POSITIVE_ID_KEYS)}.")
   id_key = POSITIVE_ID_KEYS[config.positives]
   ids = None if id_key is None else batch[id_key]
-  image_emb, text_emb = outputs["image_emb"], outputs["text_emb"]
   logit_scale = outputs["logit_scale"]
   # A shared bias cancels in a softmax; only the sigmoid loss uses (and trains) it.
   logit_bias = outputs.get("logit_bias") if config.kind == "sigmoid" else None
 
-  loss = contrastive_loss(
-      image_emb, text_emb, logit_scale, logit_bias, ids,
+  # The accuracy comes out of the loss's own pass, so it costs no memory of its own.
+  loss, i2t_acc = contrastive_loss_and_accuracy(
+      outputs["image_emb"], outputs["text_emb"], logit_scale, logit_bias, ids,
       kind=config.kind, impl=config.impl, mesh=ctx.mesh, batch_axes=ctx.batch_axes,
       tile=config.get("tile") or None)
-  metrics = {
-      "contrastive_loss": loss,
-      "logit_scale": logit_scale,
-      "i2t_acc": i2t_accuracy(image_emb, text_emb, ids, mesh=ctx.mesh,
-                              batch_axes=ctx.batch_axes),
-  }
+  metrics = {"contrastive_loss": loss, "logit_scale": logit_scale, "i2t_acc": i2t_acc}
   if logit_bias is not None:
     metrics["logit_bias"] = logit_bias
   return loss, metrics
