@@ -14,10 +14,10 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# Build toyshop/small (cluttered), train the CLIP baseline on CPU, print its evaluation.
+# Build toyshop/medium (cluttered), train the CLIP baseline on CPU, print its evaluation.
 # A second `make demo` reuses the data and the finished run (delete DEMO_WORKDIR to retrain).
 demo: $(VENV)/.installed
-	$(PY) -m eclip_jax.data.prepare --dataset=toyshop/small --data_dir=$(DATA_DIR)
+	$(PY) -m eclip_jax.data.prepare --dataset=toyshop/medium --data_dir=$(DATA_DIR)
 	$(DEMO_RUN)
 	$(DEMO_RUN) --mode=eval
 

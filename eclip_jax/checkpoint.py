@@ -150,6 +150,12 @@ def load_params(init_from: str, params: Any, abstract_params: Any, include: str)
   return _merge(params, restored)
 
 
+def save_params(directory: epath.Path, params: Any) -> None:
+  """Params alone as one Orbax PyTree (replaces an older export at the same path)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory, params, force=True)
+
+
 def _prune(tree: dict, wanted: dict) -> dict:
   """The sub-dict of `tree` whose leaves are `True` in `wanted` (empty branches dropped)."""
   pruned = {}

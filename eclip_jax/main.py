@@ -5,7 +5,8 @@ r"""The binary: train or evaluate any method config.
 
 `--mode=train` trains, resuming automatically from the workdir's latest checkpoint.
 `--mode=eval` evaluates the latest checkpoint with `config.evals` and writes
-`WORKDIR/eval_results.json`. Multi-process runs add `--coordinator_address=HOST:PORT
+`WORKDIR/eval_results.json`. `--mode=export` writes the latest checkpoint's parameters
+alone to `WORKDIR/export/` for inference. Multi-process runs add `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` (on TPU VMs nothing is needed).
 """
 
@@ -22,7 +23,7 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to do.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0 for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
@@ -104,6 +105,8 @@ def main(argv):
   config = _CONFIG.value
   if _MODE.value == "train":
     trainer.train(config, _WORKDIR.value)
+  elif _MODE.value == "export":
+    print(f"exported parameters to {trainer.export(config, _WORKDIR.value)}")
   else:
     results = trainer.evaluate(config, _WORKDIR.value)
     for key, value in sorted(results.items()):

@@ -37,6 +37,7 @@ from eclip_jax import optim
 from eclip_jax import parallel
 from eclip_jax.data import pipeline
 from eclip_jax.data import tokenizer as tokenizer_lib
+from eclip_jax.objectives import contrastive
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,6 +89,9 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     raise ValueError("config.objectives is empty; name at least one objective and its weight.")
   for name in config.objectives:
     objectives_lib.get_objective(name)  # raises for unknown names
+  if config.loss.impl not in contrastive.IMPLS:
+    raise ValueError(f"config.loss.impl={config.loss.impl!r} is unknown; use one of "
+                     f"{contrastive.IMPLS}.")
   builder = pipeline.prepared_builder(config.input.dataset, config.input.data_dir)
   tokenizer_path = config.input.tokenizer or tokenizer_lib.default_tokenizer_path(
       builder.data_dir, config.input.vocab_size)
@@ -434,10 +438,8 @@ class _Progress:
 EVAL_RESULTS_FILE = "eval_results.json"
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Evaluates the latest checkpoint in `workdir`; writes `eval_results.json` (flat keys
-  `"<eval>/<metric>"`) and returns it."""
-  workdir = epath.Path(workdir)
+def _latest_params(config: ml_collections.ConfigDict, workdir: epath.Path, purpose: str):
+  """(setup, step, params) of the latest checkpoint in `workdir`, laid out on this mesh."""
   mesh = parallel.make_mesh(config.mesh)
   validate_config(config, mesh)
   setup = Setup(config, mesh)
@@ -445,15 +447,42 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   step = checkpointer.latest_step()
   checkpointer.close()
   if step is None:
-    raise FileNotFoundError(f"{workdir} has no checkpoint to evaluate; train first.")
+    raise FileNotFoundError(f"{workdir} has no checkpoint to {purpose}; train first.")
   params = checkpoint_lib.load_params(
       str(workdir), setup.abstract_state.params, setup.abstract_state.params, ".*"
   )
+  return setup, step, params
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Evaluates the latest checkpoint in `workdir`; writes `eval_results.json` (flat keys
+  `"<eval>/<metric>"`) and returns it."""
+  workdir = epath.Path(workdir)
+  setup, step, params = _latest_params(config, workdir, "evaluate")
   evaluators = evals_lib.build_evaluators(
-      config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=mesh
+      config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=setup.mesh
   )
   results = {k.removeprefix("eval/"): v for k, v in run_evaluators(evaluators, params).items()}
   results["step"] = step
   if jax.process_index() == 0:
     (workdir / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True))
   return results
+
+
+# --------------------------------------------------------------------------------------------
+# Export: --mode=export.
+# --------------------------------------------------------------------------------------------
+EXPORT_DIR = "export"
+
+
+def export(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
+  """Writes the latest checkpoint's parameters alone (no optimizer state, a third of the
+  size) to `WORKDIR/export/params`, with `config.json` beside them, for inference."""
+  workdir = epath.Path(workdir)
+  _, step, params = _latest_params(config, workdir, "export")
+  directory = workdir / EXPORT_DIR
+  checkpoint_lib.save_params(directory / "params", params)
+  if jax.process_index() == 0:
+    (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (directory / "step").write_text(str(step))
+  return directory

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import clip
@@ -195,6 +196,12 @@ def test_unknown_config_field_in_a_file(toyshop_tiny):
     trainer.validate_config(config, parallel.make_mesh({"data": 8}))
 
 
+def test_unknown_loss_impl(toyshop_tiny):
+  config = _config(toyshop_tiny[0], **{"loss.impl": "allreduce"})
+  with pytest.raises(ValueError, match=r"config.loss.impl='allreduce' is unknown"):
+    trainer.validate_config(config, parallel.make_mesh({"data": 8}))
+
+
 def test_unknown_config_override_on_the_command_line(tmp_path):
   result = _run_binary(tmp_path, "unused", "--config.optim.lrr=3", check=False)
   assert result.returncode != 0
@@ -252,3 +259,10 @@ def test_training_run_writes_the_contract_outputs(toyshop_tiny, tmp_path):
   assert on_disk == results and on_disk["step"] == 30
   last_eval = [r for r in rows if "eval/retrieval/i2t_r1" in r][-1]
   assert on_disk["retrieval/i2t_r1"] == pytest.approx(last_eval["eval/retrieval/i2t_r1"])
+
+  exported = trainer.export(config, str(tmp_path))
+  setup = trainer.Setup(config)
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(exported / "params", setup.abstract_state.params)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
+               _final_params(tmp_path, config))
