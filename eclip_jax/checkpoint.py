@@ -51,7 +51,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str | epath.Path, *, keep: int = 3, keep_every: int = 0,
                async_save: bool = True):
-    self.directory = epath.Path(workdir) / CHECKPOINT_DIR
+    self.directory = absolute(workdir) / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         keep_period=keep_every or None,  # steps divisible by it are never deleted
@@ -102,6 +102,12 @@ class Checkpointer:
     self._manager.close()
 
 
+def absolute(path: str | epath.Path) -> epath.Path:
+  """Orbax refuses relative paths; remote ones (gs://...) are already absolute."""
+  path = epath.Path(path)
+  return path if "://" in str(path) else path.resolve()
+
+
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """`jax.ShapeDtypeStruct`s carrying the target shardings: Orbax's restore target."""
   return jax.tree.map(
@@ -113,7 +119,7 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
 
 def _resolve_checkpoint_dir(path: str) -> tuple[epath.Path, int]:
   """`init_from` may name a run workdir, its `checkpoints/` dir or one step's dir."""
-  path = epath.Path(path)
+  path = absolute(path)
   if (path / CHECKPOINT_DIR).exists():
     path = path / CHECKPOINT_DIR
   if path.name.isdigit() and (path / "state").exists():
@@ -153,7 +159,7 @@ def load_params(init_from: str, params: Any, abstract_params: Any, include: str)
 def save_params(directory: epath.Path, params: Any) -> None:
   """Params alone as one Orbax PyTree (replaces an older export at the same path)."""
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(directory, params, force=True)
+    checkpointer.save(absolute(directory), params, force=True)
 
 
 def _prune(tree: dict, wanted: dict) -> dict:

@@ -142,11 +142,12 @@ def test_resume_is_exact(toyshop_tiny, tmp_path):
   assert loss("straight") == loss("resumed") and len(loss("straight")) == 6
 
 
-def test_checkpoint_restores_on_other_meshes(tmp_path):
+def test_checkpoint_restores_on_other_meshes(tmp_path, monkeypatch):
   config = _config()
   setup_8 = trainer.Setup(config, parallel.make_mesh({"data": 4, "fsdp": 2}))
   state = setup_8.init_state()
-  checkpointer = checkpoint_lib.Checkpointer(tmp_path)
+  monkeypatch.chdir(tmp_path)  # a relative workdir, as `make demo` passes
+  checkpointer = checkpoint_lib.Checkpointer("run")
   checkpointer.save(1, state, None, config)
   checkpointer.wait()
   expected = jax.device_get(state.params)
