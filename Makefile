@@ -26,6 +26,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/contrastive_memory.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
