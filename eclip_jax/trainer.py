@@ -11,6 +11,7 @@ trainer only knows their contracts: `model.apply(variables, batch) -> outputs di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -152,8 +153,11 @@ class Setup:
     self.train_flops_per_example = (
         3 * flops(config.input.image_size, config.input.max_text_len) if flops else 0.0)
 
+  @contextlib.contextmanager
   def context(self):
-    return _Context(self.mesh, self.rules)
+    """The mesh and the logical-axis rules, visible to the model's sharding annotations."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
 
   def _init_boxed(self, rng: jax.Array) -> TrainState:
     variables = self.model.init(rng, init_batch(self.config.input))
@@ -183,23 +187,6 @@ class Setup:
         return forward(params, batch)
 
     return apply
-
-
-class _Context:
-  """`with jax.set_mesh(mesh), nn.logical_axis_rules(rules):` as one reusable object."""
-
-  def __init__(self, mesh, rules):
-    self._mesh, self._rules = mesh, rules
-
-  def __enter__(self):
-    self._mesh_ctx = jax.set_mesh(self._mesh)
-    self._rules_ctx = nn.logical_axis_rules(self._rules)
-    self._mesh_ctx.__enter__()
-    self._rules_ctx.__enter__()
-
-  def __exit__(self, *exc):
-    self._rules_ctx.__exit__(*exc)
-    self._mesh_ctx.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------------------------
