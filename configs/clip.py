@@ -13,6 +13,13 @@ Variants: `tiny` (CPU), `s16`, `b32`, `b16`, `l14` (accelerators; ViT S/16 ... L
 towers of matching size, bfloat16 compute, scanned + rematerialized layers). Add `runlocal`
 to any variant for a few-step smoke run on toyshop/tiny, e.g. `--config=configs/clip.py:b16,runlocal`.
 Add `sigmoid` for the SigLIP loss instead of softmax InfoNCE.
+
+Sweep (`get_sweep`): the variant's learning rate halved, as is and doubled, x seeds 0-2 (9
+runs); with `runlocal`, lr halved and as is x seeds 0-1 (10-step runs on toyshop/tiny, about
+2.5 minutes on 2 CPU cores):
+
+  python launch/sweep.py --config=configs/clip.py:tiny --sweepdir=sweeps/clip_tiny_lr
+  python launch/sweep.py --sweepdir=sweeps/clip_tiny_lr --summarize
 """
 
 from __future__ import annotations
@@ -31,10 +38,15 @@ VARIANTS = {
 }
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+def _parse(arg: str | None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, variant="tiny", runlocal=False, sigmoid=False)
   if arg.variant not in VARIANTS:
     raise ValueError(f"unknown clip variant {arg.variant!r}; choose one of {sorted(VARIANTS)}")
+  return arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = _parse(arg)
   image_tower, text_tower, embed_dim, batch_size, lr, warmup, steps, image_px = VARIANTS[arg.variant]
   config = common.base_config()
   on_cpu = arg.variant == "tiny"
@@ -91,3 +103,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.runlocal:
     common.make_runlocal(config)
   return config
+
+
+def get_sweep(arg: str | None = None) -> dict:
+  """Learning rate around the variant's x seeds (launch/sweep.py expands it)."""
+  arg = _parse(arg)
+  lr = VARIANTS[arg.variant][4]
+  if arg.runlocal:
+    return {"grid": {"optim.lr": [lr / 2, lr], "seed": [0, 1]}}
+  return {"grid": {"optim.lr": [lr / 2, lr, lr * 2], "seed": [0, 1, 2]}}
