@@ -98,6 +98,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evals = ml_collections.ConfigDict({
       "retrieval": {"type": "retrieval", "split": "validation", "positives": "catalog"},
       "zeroshot": {"type": "zeroshot_classification", "split": "validation"},
+      # What ECLIP is measured on (configs/eclip.py), with the two-tower model's own outputs:
+      # photo -> photos of the same product, and the patch-title similarity map as grounding.
+      "product_retrieval": {"type": "product_retrieval", "split": "test"},
+      "grounding": {"type": "grounding", "split": "test", "map_output": "patch_text_sim"},
   })
 
   if arg.runlocal:

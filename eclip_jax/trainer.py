@@ -151,7 +151,8 @@ class Setup:
     # Forward + backward ~ 3x the forward matmuls; models without a count get no MFU.
     flops = getattr(self.model, "flops_per_example", None)
     self.train_flops_per_example = (
-        3 * flops(config.input.image_size, config.input.max_text_len) if flops else 0.0)
+        3 * flops(config.input.image_size, config.input.max_text_len, config.input.num_views)
+        if flops else 0.0)
 
   @contextlib.contextmanager
   def context(self):
@@ -287,7 +288,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     logging.info("%s is already at step %d of %d; nothing to train.", workdir, start_step,
                  config.total_steps)
   evaluators = evals_lib.build_evaluators(
-      config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=mesh
+      config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=mesh,
+      workdir=workdir,
   )
   writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
 
@@ -447,7 +449,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   workdir = epath.Path(workdir)
   setup, step, params = _latest_params(config, workdir, "evaluate")
   evaluators = evals_lib.build_evaluators(
-      config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=setup.mesh
+      config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=setup.mesh,
+      workdir=workdir,
   )
   results = {k.removeprefix("eval/"): v for k, v in run_evaluators(evaluators, params).items()}
   results["step"] = step

@@ -100,7 +100,8 @@ def test_two_tower_outputs_and_scalars(tiny):
   out = apply(variables, batch)
 
   assert set(out) == {"image_emb", "text_emb", "image_tokens", "image_grid", "text_tokens_out",
-                      "logit_scale", "logit_bias"}
+                      "patch_text_sim", "logit_scale", "logit_bias"}
+  assert out["patch_text_sim"].shape == (4, 4, 4)
   assert out["image_emb"].shape == out["text_emb"].shape == (4, EMBED_DIM)
   assert out["image_emb"].dtype == out["text_emb"].dtype == jnp.float32
   np.testing.assert_allclose(jnp.linalg.norm(out["image_emb"], axis=-1), 1.0, rtol=1e-6)

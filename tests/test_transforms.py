@@ -90,13 +90,15 @@ def test_two_views_are_two_different_images_of_the_product(tokenizer):
     assert example["images"].shape == (2, 16, 16, 3)
     dominant = sorted(int(np.argmax(view.mean(axis=(0, 1)))) for view in example["images"])
     assert dominant == [0, 2]  # one red view, one blue view
-  # A single image serves both views, augmented differently.
+    assert example["view_mask"].tolist() == [True, True]
+  # A single image serves both views, augmented differently; the second is not a new image.
   rng = np.random.default_rng(0)
   y, x = np.mgrid[0:64, 0:64]
   textured = _encode(np.stack([x * 4, y * 4, (x * y) % 256], -1).astype(np.uint8))
   example = transforms.ExampleTransform(tokenizer, image_size=16, num_views=2)(
       _record([textured]), rng)
   assert not np.allclose(example["images"][0], example["images"][1])
+  assert example["view_mask"].tolist() == [True, False]
 
 
 def test_example_keys_values_and_absent_modalities(tokenizer):

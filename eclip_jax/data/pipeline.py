@@ -2,10 +2,10 @@
 
 Training (`make_train_iterator`):
 
-    tfds.data_source(split) -> grain.MapDataset -> this process's shard -> seeded shuffle
-    -> repeat (reshuffled every epoch) -> ExampleTransform (random, seeded per element)
-    -> drop + tally skip markers -> batch (drop remainder) -> multiprocessing prefetch
-    -> pop the tallies into the iterator's running `stats`
+    tfds.data_source(split) -> grain.MapDataset -> seeded shuffle -> repeat (reshuffled
+    every epoch) -> ExampleTransform (random, seeded per element) -> this process's rows of
+    every global batch -> drop + tally skip markers -> batch (drop remainder)
+    -> multiprocessing prefetch -> pop the tallies into the iterator's running `stats`
 
 The iterator is a `grain.DatasetIterator`: `get_state()`/`set_state()` round-trip, and the
 skip counts are part of the state, so a restored run reports the same totals. Resuming
@@ -34,6 +34,9 @@ from eclip_jax.data import tokenizer as tokenizer_lib
 from eclip_jax.data import transforms
 
 VALID_KEY = "_valid"
+# Evaluation rows carry their record's index in the split (-1 on padding rows), so an
+# evaluator can find a given record's row whatever order the processes' rows arrive in.
+RECORD_INDEX_KEY = "_record_index"
 
 
 def default_input_config() -> ml_collections.ConfigDict:
@@ -157,6 +160,32 @@ def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+class _ProcessRows(grain.MapDataset):
+  """This process's rows of every global batch of an endless example stream.
+
+  Global batch t is rows [t*B, (t+1)*B) of the one stream all processes index; process i
+  owns its rows [i*b, (i+1)*b) (b = B / processes). Each process reads only its own rows,
+  yet the global batches, and so training, are the same for any number of processes (as
+  long as no record is skipped: a skip pulls the next of the process's own rows forward).
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch_size: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._global_batch_size = global_batch_size
+    self._batch_size = per_process_batch_size(global_batch_size, process_count)
+    self._offset = process_index * self._batch_size
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._global_batch_size * self._batch_size
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._batch_size)
+    return self._parent[batch * self._global_batch_size + self._offset + row]
+
+
 class _DropSkipped(grain.IterDataset):
   """Drops skip markers; the next kept example carries the tally of what was dropped."""
 
@@ -242,17 +271,17 @@ def make_train_iterator(
   transform = make_transform(input_config, builder)
   source = open_split(builder, input_config.train_split, transform.required_fields())
 
-  dataset = grain.MapDataset.source(source)[process_index::process_count]
-  shard_size = len(dataset)
-  dataset = dataset.shuffle(seed=seed).repeat()
+  dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   dataset = dataset.random_map(transform, seed=seed)
+  dataset = _ProcessRows(dataset, input_config.batch_size, process_index, process_count)
   dataset = dataset.to_iter_dataset(
       grain.ReadOptions(
           num_threads=input_config.read_threads,
           prefetch_buffer_size=input_config.prefetch_buffer_size,
       )
   )
-  dataset = _DropSkipped(dataset, max_consecutive_skips=shard_size)
+  # A whole epoch's share of skips in a row means nothing usable is left.
+  dataset = _DropSkipped(dataset, max_consecutive_skips=math.ceil(len(source) / process_count))
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = _prefetch_in_workers(dataset, input_config.num_workers)
   return SkipCountingIterator(dataset.__iter__())
@@ -277,7 +306,8 @@ class _EvalExample:
     if index < self._stop:
       example = self._transform(self._source[index])
       if transforms.SKIP_KEY not in example:
-        return {**example, VALID_KEY: np.bool_(True), transforms.SKIPPED_KEY: tally}
+        return {**example, VALID_KEY: np.bool_(True), RECORD_INDEX_KEY: np.int32(index),
+                transforms.SKIPPED_KEY: tally}
       tally[example[transforms.SKIP_KEY]] = 1
     return {**self._padding_row(), transforms.SKIPPED_KEY: tally}
 
@@ -289,6 +319,7 @@ class _EvalExample:
         if transforms.SKIP_KEY not in example:
           self._padding = {k: np.zeros_like(v) for k, v in example.items()}
           self._padding[VALID_KEY] = np.bool_(False)
+          self._padding[RECORD_INDEX_KEY] = np.int32(-1)
           break
       else:
         raise RuntimeError("every record of the evaluation split is unusable")

@@ -975,6 +975,14 @@ def _draw_floor(draw: ImageDraw.ImageDraw, size: int, horizon: int, rng: np.rand
             draw.line((vx + (k - 2) * size * 0.04, horizon, vx + (k - 2) * size * 0.35, size), fill=seam)
 
 
+def _inset(box: tuple[float, float, float, float], pad: float) -> tuple[float, ...]:
+    """`box` shrunk by `pad` pixels a side, or by a third of its extent where that is less
+    (a fixed frame would turn a small box inside out)."""
+    x0, y0, x1, y1 = box
+    pad = min(pad, (x1 - x0) / 3, (y1 - y0) / 3)
+    return (x0 + pad, y0 + pad, x1 - pad, y1 - pad)
+
+
 def _draw_prop(draw, kind: str, size: int, horizon: int, rng: np.random.Generator) -> _Surface | None:
     """Draws one room prop; returns the surface it offers objects, if any."""
     x = size * rng.uniform(0.0, 0.7)
@@ -982,16 +990,20 @@ def _draw_prop(draw, kind: str, size: int, horizon: int, rng: np.random.Generato
     color = _muted_rgb(rng, 90)
     if kind == "window":
         y0, y1 = size * 0.06, horizon - size * rng.uniform(0.08, 0.2)
+        if y1 <= y0:  # a horizon too high for a window (small video frames)
+            return None
         draw.rectangle((x, y0, x + w, y1), fill=(238, 238, 232))
-        draw.rectangle((x + 3, y0 + 3, x + w - 3, y1 - 3), fill=(185, 212, 236))
+        draw.rectangle(_inset((x, y0, x + w, y1), 3), fill=(185, 212, 236))
         draw.line((x + w / 2, y0, x + w / 2, y1), fill=(238, 238, 232), width=2)
         draw.line((x, (y0 + y1) / 2, x + w, (y0 + y1) / 2), fill=(238, 238, 232), width=2)
         return None
     if kind == "picture":
         y0 = size * rng.uniform(0.05, 0.2)
         h = min(w * 0.8, horizon - y0 - size * 0.08)
+        if h <= 0:
+            return None
         draw.rectangle((x, y0, x + w * 0.7, y0 + h), fill=(60, 45, 35))
-        draw.rectangle((x + 3, y0 + 3, x + w * 0.7 - 3, y0 + h - 3), fill=_random_rgb(rng))
+        draw.rectangle(_inset((x, y0, x + w * 0.7, y0 + h), 3), fill=_random_rgb(rng))
         draw.ellipse((x + w * 0.15, y0 + h * 0.3, x + w * 0.5, y0 + h * 0.8), fill=_random_rgb(rng))
         return None
     if kind == "table":

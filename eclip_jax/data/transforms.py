@@ -223,8 +223,11 @@ class ExampleTransform:
       view_box_mask.append(visible)
     if self.num_views == 1:
       return {"image": views[0], "box": view_boxes[0], "box_mask": np.bool_(view_box_mask[0])}
+    # A view is new when it shows an image no earlier view showed (`_view_indices` takes
+    # distinct images first): repeats are fine for training, but not gallery items.
+    new_view = np.arange(self.num_views) < len(encoded)
     return {"images": np.stack(views), "boxes": np.stack(view_boxes),
-            "box_mask": np.array(view_box_mask)}
+            "box_mask": np.array(view_box_mask), "view_mask": new_view}
 
   def _view_indices(self, num_images: int, rng) -> list[int]:
     """Distinct images of the product where it has enough; otherwise images repeat (their

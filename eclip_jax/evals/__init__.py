@@ -12,8 +12,8 @@ also takes `split` (default "validation") and overrides of `config.input` fields
 `batch_size` (global, a multiple of the data-parallel size).
 
 The model is reached only through `apply_fn(params, global_batch) -> outputs`, supplied by
-the trainer: evaluators read the output names DESIGN.md fixes (`image_emb`, `text_emb`),
-never model internals.
+the trainer: evaluators read the output names DESIGN.md fixes (`image_emb`, `text_emb`,
+`instance_emb_img`, `instance_attn`, ...), never model internals.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import ml_collections
+from etils import epath
 from jax.sharding import Mesh
 
 from eclip_jax.evals import classification
 from eclip_jax.evals import common
+from eclip_jax.evals import grounding
+from eclip_jax.evals import product_retrieval
 from eclip_jax.evals import retrieval
 
 
@@ -37,6 +40,8 @@ class Evaluator(Protocol):
 EVALUATORS: dict[str, type[Evaluator]] = {
     "retrieval": retrieval.RetrievalEvaluator,
     "zeroshot_classification": classification.ZeroShotClassificationEvaluator,
+    "product_retrieval": product_retrieval.ProductRetrievalEvaluator,
+    "grounding": grounding.GroundingEvaluator,
 }
 
 
@@ -46,9 +51,10 @@ def build_evaluators(
     input_config: ml_collections.ConfigDict,
     apply_fn: common.ApplyFn,
     mesh: Mesh,
+    workdir: str | epath.Path | None = None,
 ) -> dict[str, Evaluator]:
   """One evaluator per entry of `evals_config`; misconfiguration raises here, before any
-  compilation."""
+  compilation. Evaluators that draw pictures write them under `workdir` (None: none)."""
   evaluators = {}
   for name, entry in evals_config.items():
     kind = entry.get("type")
@@ -57,6 +63,7 @@ def build_evaluators(
           f"config.evals.{name}.type={kind!r} is unknown; known types: {sorted(EVALUATORS)}"
       )
     evaluators[name] = EVALUATORS[kind](
-        name, entry, input_config=input_config, apply_fn=apply_fn, mesh=mesh
+        name, entry, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
+        workdir=None if workdir is None else epath.Path(workdir),
     )
   return evaluators

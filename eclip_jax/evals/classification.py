@@ -8,8 +8,9 @@ embeddings. The classes are the dataset's `category` labels, displayed as words 
 category keys through `toyshop.CATEGORY_INFO`, other labels with `_` read as a space).
 
 Config entry (`config.evals.<name>`): `type="zeroshot_classification"`,
-`split="validation"`, `templates=DEFAULT_TEMPLATES` (format strings with one `{}`), and
-any `config.input` field to override (`batch_size`, ...).
+`split="validation"`, `templates=DEFAULT_TEMPLATES` (format strings with one `{}`),
+`image_output="image_emb"` (or ECLIP's `"instance_emb_img"`), and any `config.input` field
+to override (`batch_size`, ...).
 Metrics: `top1`, `top5`, `chance_top1` (1 / number of classes), `num_examples`,
 `num_skipped` (bad records of the split).
 """
@@ -23,6 +24,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from eclip_jax import parallel
@@ -57,7 +59,7 @@ def _replicated_rows_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> d
 class ZeroShotClassificationEvaluator:
   """Top-1/top-5 category accuracy from prompt-ensembled class embeddings."""
 
-  DEFAULTS = {"templates": DEFAULT_TEMPLATES}
+  DEFAULTS = {"templates": DEFAULT_TEMPLATES, "image_output": "image_emb"}
 
   def __init__(
       self,
@@ -67,11 +69,13 @@ class ZeroShotClassificationEvaluator:
       input_config: ml_collections.ConfigDict,
       apply_fn: common.ApplyFn,
       mesh: Mesh,
+      workdir: epath.Path | None = None,
   ):
     self.data = common.EvalSplit(
         name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
-        modalities=("image",),
+        modalities=("image",), workdir=workdir,
     )
+    self.image_output = self.data.image_output()
     self.templates = tuple(self.data.fields["templates"])
     if not self.templates or any(t.count("{}") != 1 for t in self.templates):
       raise ValueError(
@@ -120,11 +124,11 @@ class ZeroShotClassificationEvaluator:
   def run(self, params: Any) -> dict[str, float | int]:
     class_emb = self.class_embeddings(params)
     split = self.data.run_model(
-        params, inputs=("image",), outputs=("image_emb",), labels=("category",)
+        params, inputs=("image",), outputs=(self.image_output,), labels=("category",)
     )
     # Classification is retrieval of the one class embedding that is an image's positive.
     ranks = retrieval.first_positive_ranks(
-        common.l2_normalize(split["image_emb"]), class_emb, split["category"],
+        common.l2_normalize(split[self.image_output]), class_emb, split["category"],
         np.arange(len(self.class_names)),
     )
     return {

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from eclip_jax import parallel
@@ -24,6 +25,10 @@ from eclip_jax.data import pipeline
 ApplyFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
 COMMON_DEFAULTS = {"type": None, "split": "validation"}
+# Model outputs an evaluator may use as an image's embedding: those computed from the image
+# alone. (ECLIP's title-guided `instance_emb` would let a title choose its own image's
+# embedding: a leak in retrieval and classification.)
+IMAGE_EMBEDDINGS = ("image_emb", "instance_emb_img")
 # Set by the evaluator from what it compares, so an entry may not override them.
 _EVALUATOR_INPUT_FIELDS = ("modalities", "num_views")
 
@@ -33,7 +38,8 @@ class EvalSplit:
 
   Attributes: `name`, `fields` (the evaluator's own fields, defaults filled in),
   `input_config`, `split`, `batch_size` (global), `builder`, `transform` (its tokenizer
-  is the run's), `num_records` (in the split, skipped ones included).
+  is the run's), `num_records` (in the split, skipped ones included), `workdir` (where
+  artifacts such as pictures go; None: nowhere).
   """
 
   def __init__(
@@ -46,8 +52,10 @@ class EvalSplit:
       apply_fn: ApplyFn,
       mesh: Mesh,
       modalities: Sequence[str],
+      num_views: int = 1,
+      workdir: epath.Path | None = None,
   ):
-    self.name, self.apply_fn, self.mesh = name, apply_fn, mesh
+    self.name, self.apply_fn, self.mesh, self.workdir = name, apply_fn, mesh, workdir
     known = {**COMMON_DEFAULTS, **defaults}
     self.fields, overrides = dict(known), {}
     for key, value in entry.items():
@@ -64,9 +72,10 @@ class EvalSplit:
     self.input_config = input_config.copy_and_resolve_references()
     self.input_config.update(overrides)
     # Only what the evaluator compares is decoded (no video for a retrieval of images by
-    # titles), and one deterministic view even when training takes several.
+    # titles), and the evaluator's number of deterministic views (the first images of each
+    # record), whatever training takes.
     self.input_config.modalities = tuple(modalities)
-    self.input_config.num_views = 1
+    self.input_config.num_views = num_views
 
     self.batch_size = self.input_config.batch_size
     num_shards = parallel.data_parallel_size(mesh)
@@ -92,6 +101,15 @@ class EvalSplit:
           "choose a split with examples."
       )
     self.transform = pipeline.make_transform(self.input_config, self.builder)
+
+  def image_output(self) -> str:
+    """The entry's `image_output` field, checked against IMAGE_EMBEDDINGS."""
+    key = self.fields["image_output"]
+    if key not in IMAGE_EMBEDDINGS:
+      raise ValueError(
+          f"config.evals.{self.name}.image_output={key!r} is not an image-only embedding; "
+          f"choose one of {IMAGE_EMBEDDINGS}.")
+    return key
 
   def run_model(
       self,

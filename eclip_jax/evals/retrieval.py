@@ -10,7 +10,8 @@ the K best-scoring gallery items. Positives are, by the entry's `positives` fiel
   as the query's own; with `"pair"` they count as misses.
 
 Config entry (`config.evals.<name>`): `type="retrieval"`, `split="validation"`,
-`positives="catalog"`, and any `config.input` field to override (`batch_size`, ...).
+`positives="catalog"`, `image_output="image_emb"` (or ECLIP's `"instance_emb_img"`), and any
+`config.input` field to override (`batch_size`, ...).
 Metrics: `i2t_r{1,5,10}`, `t2i_r{1,5,10}`, `chance_r1` (the expected R@1 of a random
 ranking), `num_examples`, `num_skipped` (bad records of the split).
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from eclip_jax.evals import common
@@ -77,7 +79,7 @@ def retrieval_metrics(
 class RetrievalEvaluator:
   """Image <-> title retrieval over one split (see the module docstring)."""
 
-  DEFAULTS = {"positives": "catalog"}
+  DEFAULTS = {"positives": "catalog", "image_output": "image_emb"}
 
   def __init__(
       self,
@@ -87,11 +89,13 @@ class RetrievalEvaluator:
       input_config: ml_collections.ConfigDict,
       apply_fn: common.ApplyFn,
       mesh: Mesh,
+      workdir: epath.Path | None = None,
   ):
     self.data = common.EvalSplit(
         name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
-        modalities=("image", "text"),
+        modalities=("image", "text"), workdir=workdir,
     )
+    self.image_output = self.data.image_output()
     positives = self.data.fields["positives"]
     if positives not in POSITIVES:
       raise ValueError(
@@ -104,11 +108,11 @@ class RetrievalEvaluator:
     split = self.data.run_model(
         params,
         inputs=("image", "text_tokens", "text_mask"),
-        outputs=("image_emb", "text_emb"),
+        outputs=(self.image_output, "text_emb"),
         labels=(self.id_key,),
     )
     metrics = retrieval_metrics(
-        common.l2_normalize(split["image_emb"]),
+        common.l2_normalize(split[self.image_output]),
         common.l2_normalize(split["text_emb"]),
         split[self.id_key],
     )

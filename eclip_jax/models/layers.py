@@ -97,17 +97,20 @@ class MultiHeadAttention(nn.Module):
   """Multi-head dot-product attention from `inputs_q` to `inputs_kv` (self-attention if None).
 
   `mask` is boolean, broadcastable to [B, heads, Q, K], True where a query may attend to a
-  key; `causal` additionally hides keys after each query.
+  key; `causal` additionally hides keys after each query. With `return_weights`, the call
+  returns `(output, weights)`, weights [B, heads, Q, K] in float32: the attention is then
+  computed explicitly rather than by the fused kernel (the instance decoder's maps).
   """
 
   num_heads: int
   causal: bool = False
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
+  return_weights: bool = False
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None,
-               mask: jax.Array | None = None) -> jax.Array:
+               mask: jax.Array | None = None):
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     width = inputs_q.shape[-1]
     if width % self.num_heads:
@@ -128,9 +131,17 @@ class MultiHeadAttention(nn.Module):
     query = project("query")(inputs_q)
     key = project("key")(inputs_kv)
     value = project("value")(inputs_kv)
-    # Logits and softmax run in float32 whatever the compute dtype.
-    encoded = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=self.causal)
-    return _DenseEinsum(
+    weights = None
+    if self.return_weights:
+      if self.causal or mask is not None:
+        raise NotImplementedError("return_weights is for unmasked cross-attention")
+      logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+      weights = jax.nn.softmax(logits * head_dim**-0.5, axis=-1)
+      encoded = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+    else:
+      # Logits and softmax run in float32 whatever the compute dtype.
+      encoded = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=self.causal)
+    output = _DenseEinsum(
         "...hd,hde->...e",
         (self.num_heads, head_dim, width),
         ("heads", "kv", "embed"),
@@ -139,6 +150,7 @@ class MultiHeadAttention(nn.Module):
         param_dtype=self.param_dtype,
         name="out",
     )(encoded)
+    return (output, weights) if self.return_weights else output
 
 
 class MlpBlock(nn.Module):

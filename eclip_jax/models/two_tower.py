@@ -2,14 +2,19 @@
 linearly into a shared `embed_dim`-wide space.
 
     batch["image"] [B,H,W,3]                       -> ViT  -> proj -> image_emb [B,D]
+    batch["images"] [B,V,H,W,3] (V views)          -> ViT  -> proj -> image_emb [B,V,D]
     batch["text_tokens"], batch["text_mask"] [B,T] -> text -> proj -> text_emb  [B,D]
 
 Only the towers whose inputs are in the batch run, so evaluators can encode images and texts
-separately. Outputs (the contract objectives and evaluators read):
+separately. Outputs (the contract objectives and evaluators read; image outputs gain a view
+axis after the batch axis when the input is `images`):
 
     image_emb, text_emb   L2-normalized, float32
     image_tokens          patch tokens [B,N,image width], after the image tower's final LN
     image_grid            (gh, gw), the patch grid of image_tokens
+    patch_text_sim        [B,gh,gw] cosine of each projected patch token with the title
+                          (with both inputs): the two-tower model's map of where the title
+                          is in the image, for the grounding evaluator
     text_tokens_out       per-position text features [B,T,text width]
     logit_scale           exp(log(1/tau)) clipped at 100, float32 scalar (always present)
     logit_bias            the sigmoid loss's additive bias, float32 scalar (always present)
@@ -38,6 +43,30 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
+def image_views(batch: dict[str, jax.Array]) -> tuple[jax.Array | None, int | None]:
+  """The batch's images as one [B*V,H,W,3] stack and V (None for a single `image`)."""
+  if "images" in batch:
+    images = batch["images"]
+    return images.reshape(-1, *images.shape[2:]), images.shape[1]
+  return batch.get("image"), None
+
+
+def repeat_views(per_example: jax.Array, views: int | None) -> jax.Array:
+  """[B,...] -> [B*V,...], each row repeated for its V views (as `image_views` orders them)."""
+  return per_example if views is None else jnp.repeat(per_example, views, axis=0)
+
+
+# The outputs with one row per image (a view axis after the batch axis for `images`).
+IMAGE_OUTPUTS = ("image_emb", "image_tokens", "patch_text_sim")
+
+
+def split_views(outputs: dict[str, Any], views: int | None, keys: tuple[str, ...]):
+  """`outputs` with each of `keys` reshaped [B*V,...] -> [B,V,...] (as is for one image)."""
+  if views is None:
+    return outputs
+  return {k: v.reshape(-1, views, *v.shape[1:]) if k in keys else v for k, v in outputs.items()}
+
+
 class TwoTower(nn.Module):
   """CLIP-style model; `image` / `text` are the ViT / TextTransformer fields (see those)."""
 
@@ -54,6 +83,13 @@ class TwoTower(nn.Module):
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False) -> dict[str, Any]:
     del train  # no dropout or batch statistics; `train` is part of every model's signature
+    outputs, views = self.encode_towers(batch)
+    return split_views(outputs, views, IMAGE_OUTPUTS)
+
+  def encode_towers(self, batch: dict[str, jax.Array]) -> tuple[dict[str, Any], int | None]:
+    """The two towers, projections and scalars: (outputs, V). Image outputs keep the views
+    flattened into the batch axis ([B*V,...]). Called from a subclass's compact `__call__`
+    too (models/eclip.py), so the parameters keep the same names there."""
     dtype, param_dtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
     tower_kwargs = dict(
         scan_layers=self.scan_layers,
@@ -62,7 +98,7 @@ class TwoTower(nn.Module):
         param_dtype=param_dtype,
     )
 
-    def project(pooled, name):
+    def projection(name):
       return nn.Dense(
           self.embed_dim,
           use_bias=False,
@@ -70,34 +106,41 @@ class TwoTower(nn.Module):
           dtype=dtype,
           param_dtype=param_dtype,
           name=name,
-      )(pooled)
+      )
 
     outputs = {}
-    if "image" in batch:
-      pooled, extras = vit.ViT(**self.image, **tower_kwargs, name="image_tower")(batch["image"])
-      outputs["image_emb"] = l2_normalize(project(pooled, "image_proj"))
-      outputs["image_tokens"] = extras["tokens"]
-      outputs["image_grid"] = extras["grid"]
     if "text_tokens" in batch:
       pooled, extras = text_lib.TextTransformer(**self.text, **tower_kwargs, name="text_tower")(
           batch["text_tokens"], batch["text_mask"]
       )
-      outputs["text_emb"] = l2_normalize(project(pooled, "text_proj"))
+      outputs["text_emb"] = l2_normalize(projection("text_proj")(pooled))
       outputs["text_tokens_out"] = extras["tokens"]
+    images, views = image_views(batch)
+    if images is not None:
+      pooled, extras = vit.ViT(**self.image, **tower_kwargs, name="image_tower")(images)
+      image_proj = projection("image_proj")
+      outputs["image_emb"] = l2_normalize(image_proj(pooled))
+      outputs["image_tokens"] = extras["tokens"]
+      outputs["image_grid"] = grid = extras["grid"]
+      if "text_emb" in outputs:
+        patch_emb = l2_normalize(image_proj(extras["tokens"]))
+        text_emb = repeat_views(outputs["text_emb"], views)
+        sim = jnp.einsum("bnd,bd->bn", patch_emb, text_emb)
+        outputs["patch_text_sim"] = sim.reshape(-1, *grid)
 
     # The two scalars stay float32 whatever param_dtype is: in bfloat16, log(1/tau) ~ 2.7 moves
     # in steps of 1/64, which would swallow every optimizer update.
-    def scalar(name, value):
-      return self.param(name, partitioned(nn.initializers.constant(value), ()), (), jnp.float32)
-
-    log_scale = scalar("logit_scale", math.log(1.0 / self.temperature_init))
+    log_scale = self.scalar("logit_scale", math.log(1.0 / self.temperature_init))
     outputs["logit_scale"] = jnp.exp(jnp.minimum(log_scale, math.log(MAX_LOGIT_SCALE)))
-    outputs["logit_bias"] = scalar("logit_bias", self.bias_init)
-    return outputs
+    outputs["logit_bias"] = self.scalar("logit_bias", self.bias_init)
+    return outputs, views
 
-  def flops_per_example(self, image_size: int, text_len: int) -> float:
-    """Analytic forward FLOPs of one image–title pair: the matmuls of both towers and
-    projections (norms, softmaxes and the loss are negligible next to them)."""
+  def scalar(self, name: str, value: float) -> jax.Array:
+    return self.param(name, partitioned(nn.initializers.constant(value), ()), (), jnp.float32)
+
+  def flops_per_example(self, image_size: int, text_len: int, num_views: int = 1) -> float:
+    """Analytic forward FLOPs of one example (`num_views` images and a title): the matmuls
+    of both towers and projections (norms, softmaxes and the loss are negligible)."""
     vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
     num_patches = (image_size // patch) ** 2
     text_size = text_lib.SIZES[self.text["variant"]]
@@ -105,4 +148,4 @@ class TwoTower(nn.Module):
              + transformer_flops(num_patches, *vit_size)
              + 2 * vit_size.width * self.embed_dim)
     text = transformer_flops(text_len, *text_size) + 2 * text_size.width * self.embed_dim
-    return float(image + text)
+    return float(num_views * image + text)

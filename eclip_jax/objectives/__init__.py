@@ -16,6 +16,7 @@ import jax
 import ml_collections
 
 from eclip_jax.objectives import contrastive
+from eclip_jax.objectives import eclip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,10 @@ Objective = Callable[
 
 _OBJECTIVES: dict[str, Objective] = {
     "clip": contrastive.clip_objective,
+    "instance_text": eclip.instance_text_objective,
+    "instance_consistency": eclip.instance_consistency_objective,
+    "selection_kl": eclip.selection_kl_objective,
+    "query_diversity": eclip.query_diversity_objective,
 }
 
 

@@ -518,6 +518,43 @@ def contrastive_loss(
       kind=kind, impl=impl, mesh=mesh, batch_axes=batch_axes, tile=tile)[0]
 
 
+def positive_ids(batch: dict[str, Any], loss_config) -> jax.Array | None:
+  """The ids that make rows positives of each other under `loss.positives` ("pair": none)."""
+  if loss_config.positives not in POSITIVE_ID_KEYS:
+    raise ValueError(f"Unknown loss.positives {loss_config.positives!r}; "
+                     f"known: {', '.join(POSITIVE_ID_KEYS)}.")
+  id_key = POSITIVE_ID_KEYS[loss_config.positives]
+  return None if id_key is None else batch[id_key]
+
+
+def configured_loss_and_accuracy(
+    x: jax.Array, y: jax.Array, logit_scale, logit_bias, ids, ctx: ObjectiveContext, *,
+    kind: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """`contrastive_loss_and_accuracy` with the implementation the config's `loss` section
+  picks (`kind` overrides `loss.kind`)."""
+  config = ctx.loss_config
+  return contrastive_loss_and_accuracy(
+      x, y, logit_scale, logit_bias, ids, kind=kind or config.kind, impl=config.impl,
+      mesh=ctx.mesh, batch_axes=ctx.batch_axes, tile=config.get("tile") or None)
+
+
+def mean_of(results: Sequence[tuple[jax.Array, jax.Array]]) -> tuple[jax.Array, jax.Array]:
+  """Element-wise mean of several (loss, accuracy) pairs."""
+  return tuple(sum(r[i] for r in results) / len(results) for i in range(2))
+
+
+def per_view_loss_and_accuracy(
+    x: jax.Array, y: jax.Array, logit_scale, logit_bias, ids, ctx: ObjectiveContext, *,
+    kind: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """`configured_loss_and_accuracy` of x [B,D] or, per view, of x [B,V,D] against y [B,D],
+  averaged over the views (each view is an image of the row's product)."""
+  views = [x] if x.ndim == 2 else [x[:, v] for v in range(x.shape[1])]
+  return mean_of([configured_loss_and_accuracy(view, y, logit_scale, logit_bias, ids, ctx,
+                                               kind=kind) for view in views])
+
+
 def clip_objective(
     outputs: dict[str, Any], batch: dict[str, Any], ctx: ObjectiveContext,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -525,22 +562,15 @@ def clip_objective(
 
   `ctx.loss_config.positives` picks what counts as a match: "pair" (the row's own title),
   "product" (rows of one `product_id`) or "catalog" (duplicate listings: one `catalog_id`).
+  With several views per row (`image_emb` [B,V,D]) the loss is the mean over views.
   """
-  config = ctx.loss_config
-  if config.positives not in POSITIVE_ID_KEYS:
-    raise ValueError(
-        f"Unknown loss.positives {config.positives!r}; known: {', '.join(POSITIVE_ID_KEYS)}.")
-  id_key = POSITIVE_ID_KEYS[config.positives]
-  ids = None if id_key is None else batch[id_key]
   logit_scale = outputs["logit_scale"]
   # A shared bias cancels in a softmax; only the sigmoid loss uses (and trains) it.
-  logit_bias = outputs.get("logit_bias") if config.kind == "sigmoid" else None
-
+  logit_bias = outputs.get("logit_bias") if ctx.loss_config.kind == "sigmoid" else None
   # The accuracy comes out of the loss's own pass, so it costs no memory of its own.
-  loss, i2t_acc = contrastive_loss_and_accuracy(
-      outputs["image_emb"], outputs["text_emb"], logit_scale, logit_bias, ids,
-      kind=config.kind, impl=config.impl, mesh=ctx.mesh, batch_axes=ctx.batch_axes,
-      tile=config.get("tile") or None)
+  loss, i2t_acc = per_view_loss_and_accuracy(
+      outputs["image_emb"], outputs["text_emb"], logit_scale, logit_bias,
+      positive_ids(batch, ctx.loss_config), ctx)
   metrics = {"contrastive_loss": loss, "logit_scale": logit_scale, "i2t_acc": i2t_acc}
   if logit_bias is not None:
     metrics["logit_bias"] = logit_bias

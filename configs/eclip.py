@@ -1,0 +1,79 @@
+r"""ECLIP: the CLIP two-tower model plus instance queries that find the product in the photo.
+
+Same towers, data, batch and schedule as `configs/clip.py` (the baseline it is compared
+with), plus the instance decoder, two photos of each product per example and ECLIP's
+pretext tasks (METHODS.md §1, eclip_jax/objectives/eclip.py). Run (after `make demo` or
+`python -m eclip_jax.data.prepare --dataset=toyshop/medium --data_dir=data`):
+
+  python -m eclip_jax.main --config=configs/eclip.py:tiny --workdir=workdirs/eclip_tiny
+
+Expected on toyshop/medium (cluttered 64px, 2 CPU cores): see RESULTS.md for the 3-seed
+table against CLIP. Image-only product retrieval (`eval/product_retrieval/map10`, with the
+image-only instance embedding) and pointing accuracy (`eval/grounding/pointing_acc`) are the
+numbers the method exists for.
+
+Variants: `tiny` (CPU), `b16`, `l14` (accelerators; the clip.py variant of that name plus a
+decoder of matching width). Add `runlocal` for a few-step smoke run on toyshop/tiny. Ablate
+a pretext task by zeroing its weight, e.g. `--config.objectives.instance_consistency=0`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import clip
+from configs import common
+
+# variant -> (clip.py variant, instance queries K, decoder layers L, heads, decoder MLP width)
+VARIANTS = {
+    "tiny": ("tiny", 8, 2, 2, 256),
+    "b16": ("b16", 16, 6, 12, 3072),
+    "l14": ("l14", 16, 6, 16, 4096),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, variant="tiny", runlocal=False)
+  if arg.variant not in VARIANTS:
+    raise ValueError(f"unknown eclip variant {arg.variant!r}; choose one of {sorted(VARIANTS)}")
+  clip_variant, num_queries, depth, num_heads, mlp_dim = VARIANTS[arg.variant]
+  config = clip.get_config(clip_variant)
+
+  # Two different photos of each product per example (one photo, augmented twice, when a
+  # listing has only one): the intra-product task compares their instances.
+  config.input.num_views = 2
+
+  config.model.name = "eclip"
+  config.model.decoder = ml_collections.ConfigDict({
+      "num_queries": num_queries, "depth": depth, "num_heads": num_heads, "mlp_dim": mlp_dim,
+  })
+  # tau_sel: at 0.1 the selection over cosine similarities in [-1, 1] can be nearly one-hot
+  # or spread, as training decides.
+  config.model.selection_temperature = 0.1
+  config.model.selection_mlp_dim = 128
+
+  config.objectives = ml_collections.ConfigDict({
+      "clip": 1.0,                  # (1) global image-title
+      "instance_text": 1.0,         # (2) inter-product instance-title
+      "instance_consistency": 1.0,  # (3) intra-product, two photos
+      "selection_kl": 1.0,          # (4) the image-only selection head
+      "query_diversity": 0.0,       # (5) optional regularizer, off by default
+  })
+
+  instance = "instance_emb_img"  # image-only: a title must not pick its own photo's embedding
+  config.evals = ml_collections.ConfigDict({
+      "retrieval": {"type": "retrieval", "split": "validation", "image_output": instance},
+      "zeroshot": {"type": "zeroshot_classification", "split": "validation",
+                   "image_output": instance},
+      "product_retrieval": {"type": "product_retrieval", "split": "test",
+                            "image_output": instance},
+      "grounding": {"type": "grounding", "split": "test", "map_output": "instance_attn"},
+      "grounding_img": {"type": "grounding", "split": "test", "map_output": "instance_attn_img",
+                        "num_pictures": 0},
+      # The global embedding of the same model, to separate the instance's contribution.
+      "product_retrieval_global": {"type": "product_retrieval", "split": "test"},
+  })
+
+  if arg.runlocal:
+    common.make_runlocal(config)
+  return config

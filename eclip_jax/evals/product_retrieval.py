@@ -1,0 +1,136 @@
+"""Image-only same-product retrieval: every photo queries the gallery of all the other photos.
+
+Each record contributes its first `num_views` images (fewer when it has fewer: a repeated
+image is not a gallery item). A query's positives are the gallery photos of the same product:
+by `positives`, `"catalog"` (default: any listing of the catalog product, whose photos show
+the same item) or `"product"` (the query's own listing only). The query itself is never in
+its gallery. This is how a shopper's photo finds the product, and what an instance-level
+embedding (ECLIP's `instance_emb_img`) is for.
+
+Metrics, with the M5Product protocol's definitions (METHODS.md §3): for a query with P
+positives in the gallery and K' = min(K, P),
+
+    map{K}   mean over queries of (1/K') * sum over ranks r <= K holding a positive of
+             precision@r
+    r1       fraction of queries whose top-ranked photo is a positive
+    chance_r1  the expected r1 of a random ranking (mean of P / (gallery size))
+
+over the queries with at least one positive (`num_queries`; `num_without_positive` others).
+Ties between scores (rare with float embeddings) are broken arbitrarily. `num_skipped` counts
+bad records of the split.
+
+Config entry (`config.evals.<name>`): `type="product_retrieval"`, `split="validation"`,
+`positives="catalog"`, `num_views=2`, `image_output="image_emb"` (or `"instance_emb_img"`),
+and any `config.input` field to override (`batch_size`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from etils import epath
+from jax.sharding import Mesh
+
+from eclip_jax.evals import common
+
+KS = (1, 5, 10)
+POSITIVES = {"product": "product_id", "catalog": "catalog_id"}
+_MAX_BLOCK_SCORES = 1 << 24  # query x gallery scores per block (64 MiB of float32)
+
+
+def top_k_hits(embeddings: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Each row queries all the other rows: ([N, k] whether the r-th best is a positive,
+  [N] number of positives among the other rows). Scores are dot products in float32."""
+  embeddings, ids = np.asarray(embeddings, np.float32), np.asarray(ids)
+  num = len(embeddings)
+  k = min(k, num - 1)
+  hits = np.zeros((num, k), bool)
+  num_positives = np.zeros(num, np.int64)
+  block = max(1, _MAX_BLOCK_SCORES // max(1, num))
+  for start in range(0, num, block):
+    rows = np.arange(start, min(num, start + block))
+    scores = embeddings[rows] @ embeddings.T
+    scores[np.arange(len(rows)), rows] = -np.inf  # a photo is not its own answer
+    scores = np.nan_to_num(scores, nan=-np.inf)
+    positive = ids[rows, None] == ids[None, :]
+    positive[np.arange(len(rows)), rows] = False
+    num_positives[rows] = positive.sum(axis=1)
+    # The k best, in order: a partial partition, then a stable sort of those k only.
+    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, candidates, 1), axis=1, kind="stable")
+    best = np.take_along_axis(candidates, order, 1)[:, :k]
+    hits[rows] = np.take_along_axis(positive, best, 1)
+  return hits, num_positives
+
+
+def same_product_metrics(embeddings: np.ndarray, ids: np.ndarray,
+                         ks: Sequence[int] = KS) -> dict[str, float | int]:
+  """mAP@K for each K, R@1 and chance R@1 of rows querying each other (module docstring)."""
+  hits, num_positives = top_k_hits(embeddings, ids, max(ks))
+  answerable = num_positives > 0
+  hits, num_positives = hits[answerable], num_positives[answerable]
+  metrics = {"num_queries": int(answerable.sum()),
+             "num_without_positive": int((~answerable).sum())}
+  if not metrics["num_queries"]:
+    raise ValueError("no photo has another photo of its product in the gallery; "
+                     "product retrieval needs num_views >= 2 or duplicate listings")
+  ranks = np.arange(1, hits.shape[1] + 1)
+  precision = np.cumsum(hits, axis=1) / ranks
+  for k in ks:
+    k_prime = np.minimum(k, num_positives)
+    average_precision = np.sum((hits * precision)[:, :k], axis=1) / k_prime
+    metrics[f"map{k}"] = float(np.mean(average_precision))
+  metrics["r1"] = float(np.mean(hits[:, 0]))
+  metrics["chance_r1"] = float(np.mean(num_positives / (len(embeddings) - 1)))
+  return metrics
+
+
+class ProductRetrievalEvaluator:
+  """Photo -> photos of the same product over one split (see the module docstring)."""
+
+  DEFAULTS = {"positives": "catalog", "num_views": 2, "image_output": "image_emb"}
+
+  def __init__(
+      self,
+      name: str,
+      entry: Mapping[str, Any],
+      *,
+      input_config: ml_collections.ConfigDict,
+      apply_fn: common.ApplyFn,
+      mesh: Mesh,
+      workdir: epath.Path | None = None,
+  ):
+    num_views = entry.get("num_views", self.DEFAULTS["num_views"])
+    if not isinstance(num_views, int) or num_views < 1:
+      raise ValueError(f"config.evals.{name}.num_views={num_views!r} must be a positive int.")
+    self.data = common.EvalSplit(
+        name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
+        modalities=("image",), num_views=num_views, workdir=workdir,
+    )
+    positives = self.data.fields["positives"]
+    if positives not in POSITIVES:
+      raise ValueError(f"config.evals.{name}.positives={positives!r} is unknown; choose one "
+                       f"of {sorted(POSITIVES)}.")
+    self.id_key = POSITIVES[positives]
+    self.image_output = self.data.image_output()
+    self.num_views = num_views
+
+  def run(self, params: Any) -> dict[str, float | int]:
+    multi_view = self.num_views > 1
+    split = self.data.run_model(
+        params,
+        inputs=("images",) if multi_view else ("image",),
+        outputs=(self.image_output,),
+        labels=(self.id_key, "view_mask") if multi_view else (self.id_key,),
+    )
+    embeddings, ids = split[self.image_output], split[self.id_key]
+    if multi_view:  # [records, V, D] -> one row per distinct photo
+      new_view = split["view_mask"]
+      ids = np.broadcast_to(ids[:, None], new_view.shape)[new_view]
+      embeddings = embeddings[new_view]
+    metrics = same_product_metrics(common.l2_normalize(embeddings), ids)
+    metrics["num_skipped"] = self.data.num_records - len(split[self.id_key])
+    return metrics
