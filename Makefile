@@ -2,9 +2,14 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= data
-DEMO_WORKDIR ?= workdirs/demo_clip_tiny
-DEMO_RUN := $(PY) -m eclip_jax.main --config=configs/clip.py:tiny --workdir=$(DEMO_WORKDIR) \
-	--config.input.data_dir=$(DATA_DIR)
+DEMO_WORKDIR ?= workdirs/demo
+comma := ,
+DEMO_METRICS := $(subst $() ,$(comma),eval/retrieval/i2t_r1 eval/retrieval/chance_r1 \
+	eval/zeroshot/top1 eval/product_retrieval/map10 eval/product_retrieval/r1 \
+	eval/product_retrieval/chance_r1 eval/grounding/pointing_acc \
+	eval/grounding/chance_pointing eval/grounding/mean_iou)
+train = $(PY) -m eclip_jax.main --config=configs/$(1).py:tiny --workdir=$(DEMO_WORKDIR)/$(1)_tiny \
+	--config.input.data_dir=$(DATA_DIR) --config.eval_every_steps=0
 
 .PHONY: demo test bench clean
 
@@ -14,12 +19,15 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# Build toyshop/medium (cluttered), train the CLIP baseline on CPU, print its evaluation.
-# A second `make demo` reuses the data and the finished run (delete DEMO_WORKDIR to retrain).
+# Build toyshop/medium (cluttered), train the CLIP baseline and ECLIP on CPU, print both
+# side by side; ECLIP's instance maps go to $(DEMO_WORKDIR)/eclip_tiny/pictures/grounding.png.
+# A second `make demo` reuses the data and the finished runs (delete DEMO_WORKDIR to retrain).
 demo: $(VENV)/.installed
 	$(PY) -m eclip_jax.data.prepare --dataset=toyshop/medium --data_dir=$(DATA_DIR)
-	$(DEMO_RUN)
-	$(DEMO_RUN) --mode=eval
+	$(call train,clip)
+	$(call train,eclip)
+	$(PY) -m eclip_jax.summarize $(DEMO_WORKDIR)/clip_tiny $(DEMO_WORKDIR)/eclip_tiny \
+		--metrics=$(DEMO_METRICS) --noaggregate
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
@@ -27,6 +35,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/contrastive_memory.py
+	$(PY) benchmarks/eclip_step.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

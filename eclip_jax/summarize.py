@@ -3,7 +3,8 @@ r"""Final metrics of several runs as a markdown table with mean ± std (seeds, s
   python -m eclip_jax.summarize workdirs/clip_tiny_seed* \
       --metrics=eval/retrieval/i2t_r1,eval/retrieval/chance_r1,eval/zeroshot/top1
 
-Each run contributes the last value of each metric in its `metrics.jsonl`.
+Each run contributes the last value of each metric in its `metrics.jsonl`. `--noaggregate`
+drops the mean ± std row (to put different methods side by side, as `make demo` does).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from eclip_jax import metrics as metrics_lib
 _METRICS = flags.DEFINE_list(
     "metrics", ["eval/retrieval/i2t_r1", "eval/retrieval/t2i_r1", "eval/zeroshot/top1"],
     "Metric keys to tabulate.")
+_AGGREGATE = flags.DEFINE_bool("aggregate", True, "End with a mean ± std row over the runs.")
 
 
 def final_metrics(workdir: str) -> dict[str, float]:
@@ -28,13 +30,15 @@ def final_metrics(workdir: str) -> dict[str, float]:
   return final
 
 
-def table(workdirs: Sequence[str], keys: Sequence[str]) -> str:
-  """One row per run, then `mean ± std` over the runs (sample std; n-1)."""
+def table(workdirs: Sequence[str], keys: Sequence[str], aggregate: bool = True) -> str:
+  """One row per run, then (`aggregate`) `mean ± std` over the runs (sample std; n-1)."""
   runs = {workdir: final_metrics(workdir) for workdir in workdirs}
   lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
   for workdir, final in runs.items():
     values = " | ".join(f"{final[k]:.4f}" if k in final else "–" for k in keys)
     lines.append(f"| {workdir} | {final.get('step', '–')} | {values} |")
+  if not aggregate:
+    return "\n".join(lines)
   summary = []
   for key in keys:
     values = [final[key] for final in runs.values() if key in final]
@@ -47,7 +51,7 @@ def table(workdirs: Sequence[str], keys: Sequence[str]) -> str:
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("name the run workdirs to summarize")
-  print(table(argv[1:], _METRICS.value))
+  print(table(argv[1:], _METRICS.value, _AGGREGATE.value))
 
 
 if __name__ == "__main__":
