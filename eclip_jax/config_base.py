@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
       "impl": "tiled",
       "positives": "pair",  # "pair", "product" or "catalog": rows with equal ids are positives
       "tile": 0,  # rows per tile for impl="tiled"; 0 = contrastive.DEFAULT_TILE (1024)
+      # ECLIP: the instance embedding its tasks (2) and (3) train. "image": the image-only
+      # selection's; "text": the title-guided one, which carries the title into both sides
+      # of the comparison, a shortcut those tasks learn instead of the product (RESULTS.md).
+      "instance_selection": "image",
   })
 
   config.optim = ml_collections.ConfigDict({

@@ -225,14 +225,19 @@ def _reference_terms(outputs, catalog):
   }
 
 
-@pytest.mark.parametrize("impl", ["gather", "ring", "tiled"])
-def test_each_objective_term_equals_float64_reference(impl):
+@pytest.mark.parametrize("impl,selection", [("gather", "image"), ("ring", "text"),
+                                            ("tiled", "image")])
+def test_each_objective_term_equals_float64_reference(impl, selection):
   mesh = parallel.make_mesh({"data": 4, "fsdp": 2})
   outputs, batch = _objective_inputs(mesh)
-  loss_config = ml_collections.ConfigDict(
-      {"kind": "softmax", "impl": impl, "positives": "catalog", "tile": 1})
+  # The reference reads `instance_emb`; the objectives, the selection's embedding.
+  outputs[eclip_objectives.SELECTIONS[selection]] = outputs.pop("instance_emb")
+  loss_config = ml_collections.ConfigDict({"kind": "softmax", "impl": impl,
+                                           "positives": "catalog", "tile": 1,
+                                           "instance_selection": selection})
   ctx = objectives.ObjectiveContext(mesh=mesh, loss_config=loss_config)
-  expected = _reference_terms(outputs, np.asarray(batch["catalog_id"]))
+  expected = _reference_terms({**outputs, "instance_emb": outputs[
+      eclip_objectives.SELECTIONS[selection]]}, np.asarray(batch["catalog_id"]))
   for name, value in expected.items():
     loss, metrics = jax.jit(functools.partial(objectives.get_objective(name), ctx=ctx))(
         outputs, batch)
@@ -243,7 +248,7 @@ def test_each_objective_term_equals_float64_reference(impl):
 def test_consistency_needs_two_views():
   mesh = parallel.make_mesh({"data": 8})
   outputs, batch = _objective_inputs(mesh)
-  outputs["instance_emb"] = outputs["instance_emb"][:, 0]
+  outputs["instance_emb_img"] = outputs["instance_emb"][:, 0]
   ctx = objectives.ObjectiveContext(mesh=mesh, loss_config=ml_collections.ConfigDict(
       {"kind": "softmax", "impl": "gather", "positives": "catalog"}))
   with pytest.raises(ValueError, match="num_views=2"):
