@@ -20,7 +20,7 @@ read literally from METHODS.md — but then a row's title chooses the mixture of
 both sides of each comparison: in (2) the title is compared with an embedding it selected
 itself, and in (3) both photos' embeddings are selected by the same title. Queries that
 ignore the image and a title-dependent mixture then satisfy both tasks; measured on toyshop,
-training accuracy of (3) reaches 0.96 while test product retrieval stays at chance
+training accuracy of (3) reaches 0.96 while test product retrieval stays near chance
 (RESULTS.md). The title-guided selection still teaches the image-only head (4) and gives
 the grounding map when a title is at hand.
 """
