@@ -10,7 +10,8 @@ Each checkpoint holds three items:
 Restoring goes through an abstract target carrying the *current* mesh's shardings, so a
 checkpoint written on one topology (8 devices) restores on another (1 device, a 2x2x2 mesh).
 Orbax writes into a temporary directory and renames it when complete, so a crash mid-save
-never leaves a checkpoint that looks finished.
+never leaves a checkpoint that looks finished. A finished one damaged later (a truncated or
+deleted file) fails to restore; `restore_latest` then falls back to the one before it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from etils import epath
 from eclip_jax import optim
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_SUFFIX = ".corrupt"  # an unreadable checkpoint is renamed `<step>.corrupt`
 
 
 class _DataStateSnapshot:
@@ -89,6 +91,52 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]
 
+  def restore_latest(self, abstract_state: Any,
+                     data_iterator: grain.DatasetIterator | None = None) -> Any | None:
+    """The state of the newest checkpoint that restores (None without checkpoints).
+
+    Newer ones that fail to restore on any process are renamed `<step>.corrupt`, with a
+    warning naming them and the step used instead. When none restores, the newest one's
+    error is raised and nothing is renamed: a changed config fails on every step alike and
+    is no corruption.
+    """
+    unreadable, errors = [], []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, error = self.restore(step, abstract_state, data_iterator), None
+      except Exception as e:  # pylint: disable=broad-except  (TensorStore raises `Exception`)
+        state, error = None, e
+      # Every process must resume from the same step, and each reads only its own shards.
+      if not ocp.multihost.global_max([error is not None])[0]:
+        if unreadable:
+          self._set_aside(unreadable, step, errors)
+        return state
+      unreadable.append(step)
+      errors.append(error)
+    if unreadable:
+      raise errors[0] or RuntimeError(
+          f"checkpoint {unreadable[0]} in {self.directory} failed to restore on another process")
+    return None
+
+  def _set_aside(self, steps: list[int], restored_step: int,
+                 errors: list[Exception | None]) -> None:
+    """Renames unreadable checkpoints so that nothing resumes from or overwrites them."""
+    reasons = "; ".join(f"{step}: {_first_line(error)}" for step, error in zip(steps, errors))
+    logging.warning("Checkpoint(s) %s in %s do not restore (%s); restored step %d instead and "
+                    "renamed them to <step>%s.", steps, self.directory, reasons, restored_step,
+                    CORRUPT_SUFFIX)
+    if jax.process_index() == 0:
+      for step in steps:
+        (self.directory / str(step)).rename(self.directory / f"{step}{CORRUPT_SUFFIX}")
+    ocp.multihost.sync_global_processes(f"eclip_set_aside_{steps[0]}")
+    self._manager.reload()
+
+  def reached_preemption(self, step: int) -> bool:
+    """True at the step where every process stops after any of them got a preemption notice
+    (SIGTERM, through JAX's preemption sync manager); always False in a lone process that did
+    not initialize `jax.distributed`."""
+    return self._manager.reached_preemption(step)
+
   def restore_config(self, step: int) -> dict[str, Any]:
     return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
         "config"
@@ -100,6 +148,13 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _first_line(error: Exception | None) -> str:
+  """TensorStore errors run to pages (the whole store spec); their first line says what."""
+  if error is None:
+    return "failed on another process"
+  return next(iter(str(error).splitlines()), type(error).__name__)[:200]
 
 
 def absolute(path: str | epath.Path) -> epath.Path:

@@ -6,8 +6,15 @@ r"""The binary: train or evaluate any method config.
 `--mode=train` trains, resuming automatically from the workdir's latest checkpoint.
 `--mode=eval` evaluates the latest checkpoint with `config.evals` and writes
 `WORKDIR/eval_results.json`. `--mode=export` writes the latest checkpoint's parameters
-alone to `WORKDIR/export/` for inference. Multi-process runs add `--coordinator_address=HOST:PORT
---num_processes=N --process_id=I` (on TPU VMs nothing is needed).
+alone to `WORKDIR/export/` for inference.
+
+Multi-process runs add `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`
+(or set `ECLIP_COORDINATOR_ADDRESS`, `ECLIP_NUM_PROCESSES`, `ECLIP_PROCESS_ID`); on TPU VMs,
+under SLURM (`srun`) or Open MPI nothing is needed: JAX detects the cluster. A process that
+fails exits at once, and the others follow within `--heartbeat_timeout_seconds`.
+
+Exit codes: 0 done; 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a checkpoint, so
+run the same command again to continue; anything else failed.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import importlib.util
 import logging as python_logging
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,10 +33,29 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to do.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "HOST:PORT of process 0 for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+    "coordinator_address", os.environ.get("ECLIP_COORDINATOR_ADDRESS"),
+    "HOST:PORT of process 0 in a multi-process run (default $ECLIP_COORDINATOR_ADDRESS; not "
+    "needed where JAX detects the cluster: TPU VMs, SLURM, Open MPI).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", os.environ.get("ECLIP_NUM_PROCESSES"),
+    "Processes in the run (default $ECLIP_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", os.environ.get("ECLIP_PROCESS_ID"),
+    "This process's index (default $ECLIP_PROCESS_ID).")
+_INITIALIZATION_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout_seconds", 300,
+    "How long the processes of a multi-process run wait for each other to start.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 30,
+    "A process silent this long counts as dead, and every other process is terminated "
+    "(JAX's default, 100, leaves the survivors of a dead peer hanging for minutes).")
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    "shutdown_timeout_seconds", 60,
+    "How long a process that finished waits at exit for the others to finish too.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# sysexits.h EX_TEMPFAIL, "try again later": schedulers and launchers can requeue on it.
+EXIT_PREEMPTED = 75
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -69,14 +96,36 @@ def _unknown_override(argv: list[str]) -> str | None:
 
 
 def _initialize_distributed() -> None:
+  """Joins the run's other processes, if it has any (flags, else a cluster JAX detects)."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  if _COORDINATOR.value:
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        _COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
-    )
+  if _COORDINATOR.value is None and _detected_process_count() == 1:
+    return  # a lone process needs no coordination service
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # for CPU devices only
+  jax.distributed.initialize(
+      _COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+      initialization_timeout=_INITIALIZATION_TIMEOUT.value,
+      heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value,
+      shutdown_timeout_seconds=_SHUTDOWN_TIMEOUT.value,
+  )
+
+
+def _detected_process_count() -> int:
+  """Processes of the cluster `jax.distributed.initialize()` would detect, else 1.
+
+  JAX has no public query for this; its cluster registry (Cloud TPU VMs and GKE, SLURM,
+  Open MPI, Kubernetes) is the list `initialize()` itself walks. A one-process allocation
+  (`salloc` with one task, a single-host TPU VM) is left alone, so that several such runs
+  can share a machine without fighting over the coordinator port.
+  """
+  from jax._src import clusters  # pylint: disable=g-import-not-at-top
+
+  for cluster in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+    if not cluster.opt_in_only_method and cluster.is_env_present():
+      return cluster.get_process_count()
+  return 1
 
 
 # Libraries that narrate every step of their work at INFO (Orbax logs ~30 lines per save).
@@ -102,15 +151,41 @@ def main(argv):
   from eclip_jax import trainer  # pylint: disable=g-import-not-at-top  (after distributed init)
 
   _quiet_library_logs()
-  config = _CONFIG.value
+  try:
+    _run(_CONFIG.value, _WORKDIR.value)
+  except trainer.Preempted as stop:
+    print(stop, file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
+  except Exception:  # pylint: disable=broad-except
+    _exit_at_once_if_multiprocess()
+    raise
+
+
+def _run(config, workdir: str) -> None:
+  from eclip_jax import trainer  # pylint: disable=g-import-not-at-top
+
   if _MODE.value == "train":
-    trainer.train(config, _WORKDIR.value)
+    trainer.train(config, workdir)
   elif _MODE.value == "export":
-    print(f"exported parameters to {trainer.export(config, _WORKDIR.value)}")
+    print(f"exported parameters to {trainer.export(config, workdir)}")
   else:
-    results = trainer.evaluate(config, _WORKDIR.value)
+    results = trainer.evaluate(config, workdir)
     for key, value in sorted(results.items()):
       print(f"{key:40s} {value:.4f}")
+
+
+def _exit_at_once_if_multiprocess() -> None:
+  """A failed process of a multi-process run exits now instead of waiting in JAX's exit
+  barrier (`--shutdown_timeout_seconds`) for peers stuck in a collective that waits for it;
+  its closed connections make those peers fail at once too."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() > 1:
+    traceback.print_exc()
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

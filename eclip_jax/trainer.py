@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +45,10 @@ from eclip_jax.objectives import contrastive
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or inf; nothing was saved from that state."""
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT stopped training early, after saving a checkpoint to resume from."""
 
 
 @flax.struct.dataclass
@@ -268,7 +274,11 @@ def _log_memory(compiled) -> None:
 # The loop.
 # --------------------------------------------------------------------------------------------
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (resuming from `workdir` if it has a checkpoint); returns the last metrics."""
+  """Trains (resuming from `workdir` if it has a checkpoint); returns the last metrics.
+
+  SIGTERM or SIGINT ends the run after the step in flight, with a checkpoint of it, by
+  raising `Preempted`.
+  """
   workdir = epath.Path(workdir)
   mesh = parallel.make_mesh(config.mesh)
   validate_config(config, mesh)
@@ -295,47 +305,56 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   timer = metrics_lib.StepTimer(config.input.batch_size)
   progress = _Progress(start_step, config.total_steps, enabled=is_primary)
-  step_fn, last = None, {}
+  step_fn, last, preempted = None, {}, False
   final_step = min(config.stop_after_steps or config.total_steps, config.total_steps)
-  for step in range(start_step + 1, final_step + 1):
-    with timer.data_wait():
-      batch = parallel.to_global(next(data_iterator), mesh)
-    if step_fn is None:
-      step_fn = compile_train_step(setup, batch)
-      timer.rates()  # compilation is not training time
-    state, step_metrics = step_fn(state, batch)
-    timer.step_done()
+  with _stop_on_signals(checkpointer) as stop_requested:
+    for step in range(start_step + 1, final_step + 1):
+      with timer.data_wait():
+        batch = parallel.to_global(next(data_iterator), mesh)
+      if step_fn is None:
+        step_fn = compile_train_step(setup, batch)
+        timer.rates()  # compilation is not training time
+      state, step_metrics = step_fn(state, batch)
+      timer.step_done()
 
-    row = {}
-    if step % config.log_every_steps == 0 or step == final_step:
-      _check_finite(state)
-      row = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
-      row["train/lr"] = setup.schedule(step - 1)
-      row.update(timer.rates())
-      mfu = metrics_lib.mfu(setup.train_flops_per_example, row["perf/examples_per_sec"],
-                            jax.device_count(), config.peak_flops_per_device)
-      if mfu is not None:
-        row["perf/mfu"] = mfu
-      row.update(_skip_counts(data_iterator.stats))
-      progress.update(step, row)
-    if evaluators and (_every(step, config.eval_every_steps) or step == config.total_steps):
-      _check_finite(state)
-      with timer.paused():  # evaluation is not training throughput
-        results = run_evaluators(evaluators, state.params)
-      progress.message(_format_results(step, results))
-      row.update(results)
-    if row:
-      writer.write(step, row)
-      last.update(row)
-    if _every(step, config.checkpoint_every_steps) or step == final_step:
-      _check_finite(state)  # never save a non-finite state
-      checkpointer.save(step, state, data_iterator, config)
+      row = {}
+      if step % config.log_every_steps == 0 or step == final_step:
+        _check_finite(state)
+        row = {f"train/{k}": v for k, v in jax.device_get(step_metrics).items()}
+        row["train/lr"] = setup.schedule(step - 1)
+        row.update(timer.rates())
+        mfu = metrics_lib.mfu(setup.train_flops_per_example, row["perf/examples_per_sec"],
+                              jax.device_count(), config.peak_flops_per_device)
+        if mfu is not None:
+          row["perf/mfu"] = mfu
+        row.update(_skip_counts(data_iterator.stats))
+        progress.update(step, row)
+      if evaluators and (_every(step, config.eval_every_steps) or step == config.total_steps):
+        _check_finite(state)
+        with timer.paused():  # evaluation is not training throughput
+          results = run_evaluators(evaluators, state.params)
+        progress.message(_format_results(step, results))
+        row.update(results)
+      if row:
+        writer.write(step, row)
+        last.update(row)
+      preempted = stop_requested(step) and step < final_step  # at the end it is just done
+      if preempted or _every(step, config.checkpoint_every_steps) or step == final_step:
+        _check_finite(state)  # never save a non-finite state
+        checkpointer.save(step, state, data_iterator, config)
+      if preempted:
+        break
+    checkpointer.wait()  # still shielded: a second signal must not cut the save short
 
-  checkpointer.wait()
   checkpointer.close()
   writer.close()
   data_iterator.close()
   progress.done()
+  if preempted:
+    raise Preempted(
+        f"Stopped by SIGTERM/SIGINT after step {step} and saved checkpoint "
+        f"{checkpointer.directory}/{step}; run the same command again to continue from there."
+    )
   return last
 
 
@@ -349,12 +368,34 @@ def _every(step: int, interval: int) -> bool:
   return interval > 0 and step % interval == 0
 
 
+@contextlib.contextmanager
+def _stop_on_signals(checkpointer: checkpoint_lib.Checkpointer):
+  """Yields `stop_requested(step)`: true once SIGTERM or SIGINT arrived, at the same step on
+  every process; the previous signal handlers are back on exit."""
+  if jax.distributed.is_initialized():
+    # JAX's preemption notifier owns SIGTERM and agrees on a stop step with the other
+    # processes (Orbax asks it); Ctrl-C is routed to it so that it is agreed on too.
+    handlers = {signal.SIGINT: lambda *_: os.kill(os.getpid(), signal.SIGTERM)}
+    stop_requested = checkpointer.reached_preemption
+  else:
+    received = []
+    handlers = dict.fromkeys((signal.SIGTERM, signal.SIGINT),
+                             lambda signum, _: received.append(signum))
+    stop_requested = lambda step: bool(received)  # noqa: E731
+  previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+  try:
+    yield stop_requested
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
 def _initial_state(setup: Setup, checkpointer, data_iterator) -> TrainState:
-  """Resume from the workdir's latest checkpoint, else init (+ `init_from` params)."""
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    logging.info("Resuming from %s/%d.", checkpointer.directory, latest)
-    return checkpointer.restore(latest, setup.abstract_state, data_iterator)
+  """Resume from the workdir's latest readable checkpoint, else init (+ `init_from`)."""
+  state = checkpointer.restore_latest(setup.abstract_state, data_iterator)
+  if state is not None:
+    logging.info("Resuming from %s/%d.", checkpointer.directory, int(state.step))
+    return state
   state = setup.init_state()
   if setup.config.init_from:
     params = checkpoint_lib.load_params(
