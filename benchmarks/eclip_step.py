@@ -94,9 +94,11 @@ def main():
     config.input.batch_size = args.batch
     seconds[name] = step_seconds(config, args.steps)
     images = args.batch * config.input.num_views / seconds[name]
+    vs_two_views = (f"{seconds[name] / seconds['clip, 2 views']:15.2f}"
+                    if "clip, 2 views" in seconds else f"{'–':>15s}")
     print(f"{name:16s} | {1e3 * seconds[name]:8.1f} | {args.batch / seconds[name]:10.0f} | "
-          f"{images:8.0f} | {seconds[name] / seconds['clip, 1 view']:7.2f} | "
-          f"{seconds[name] / seconds.get('clip, 2 views', np.nan):15.2f}", flush=True)
+          f"{images:8.0f} | {seconds[name] / seconds['clip, 1 view']:7.2f} | {vs_two_views}",
+          flush=True)
 
 
 if __name__ == "__main__":
