@@ -29,10 +29,14 @@ class MetricWriter:
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self._path = workdir / METRICS_FILE
+    self._lines = []
     if self._path.exists():
-      kept = [line for line in self._path.read_text().splitlines()
-              if line and json.loads(line)["step"] <= resume_step]
-      self._path.write_text("".join(line + "\n" for line in kept))
+      self._lines = [line + "\n" for line in self._path.read_text().splitlines()
+                     if line and json.loads(line)["step"] <= resume_step]
+      self._path.write_text("".join(self._lines))
+    # Object stores (gs://, s3://) cannot append to an object: there the file is rewritten
+    # whole at each log step (small: one line per logged step).
+    self._append = "://" not in str(workdir)
     # Imported here so processes that never write (process_index > 0) need not load it.
     import tensorboardX  # pylint: disable=g-import-not-at-top
 
@@ -42,8 +46,13 @@ class MetricWriter:
     if not self._enabled:
       return
     row = {"step": int(step), **{k: _to_float(v) for k, v in sorted(metrics.items())}}
-    with self._path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row) + "\n"
+    if self._append:
+      with self._path.open("a") as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      self._path.write_text("".join(self._lines))
     for key, value in row.items():
       if key != "step" and value is not None and math.isfinite(value):
         self._tensorboard.add_scalar(key, value, int(step))

@@ -7,13 +7,16 @@ import pytest
 from eclip_jax import metrics, summarize
 
 
-def test_resumed_writer_drops_rows_after_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("append", [True, False])  # False: how gs:// (no appends) is written
+def test_resumed_writer_drops_rows_after_the_checkpoint(tmp_path, append):
   writer = metrics.MetricWriter(tmp_path)
+  writer._append = append  # pylint: disable=protected-access
   for step in (1, 2, 3, 4):
     writer.write(step, {"train/loss": 1.0 / step})
   writer.close()
   # The run died after logging step 4 but its last checkpoint is step 2.
   writer = metrics.MetricWriter(tmp_path, resume_step=2)
+  writer._append = append  # pylint: disable=protected-access
   writer.write(3, {"train/loss": 0.5, "train/nan": float("nan")})
   writer.close()
   rows = metrics.read_metrics(tmp_path)
