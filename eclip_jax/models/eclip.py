@@ -11,8 +11,9 @@ Selecting the product among the K instances (METHODS.md §1; our choices are fie
   `instance_emb` v = normalize(sum_k w_k e_k), `instance_attn` = sum_k w_k map_k;
 * image-only (retrieval by photo): a small MLP scores each query, s_k = MLP(features_k);
   `instance_emb_img` = normalize(sum_k softmax(s)_k e_k), `instance_attn_img` likewise. The
-  head reads the decoder's features through a stop-gradient: it is trained (by the
-  `selection_kl` objective) to imitate w, not to reshape the decoder.
+  head reads the decoder's features through a stop-gradient: the `selection_kl` objective
+  teaches it to imitate w without reshaping the decoder through the scores (the instance
+  objectives still train the decoder through the e_k they weight).
 
 Outputs, beyond the two-tower ones (a view axis after the batch axis for `images` input):
 
