@@ -134,7 +134,8 @@ class MultiHeadAttention(nn.Module):
     weights = None
     if self.return_weights:
       if self.causal or mask is not None:
-        raise NotImplementedError("return_weights is for unmasked cross-attention")
+        raise ValueError("return_weights supports unmasked, non-causal attention only "
+                         "(the instance decoder's cross-attention)")
       logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
       weights = jax.nn.softmax(logits * head_dim**-0.5, axis=-1)
       encoded = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
