@@ -53,6 +53,18 @@ def test_crop_aware_decode_matches_full_decode():
   assert np.abs(drafted.astype(float) - reference).mean() < 2.0
 
 
+@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"),
+                                      ("RGB", "JPEG"), ("CMYK", "JPEG")])
+def test_every_source_mode_decodes_to_rgb(mode, fmt):
+  source = Image.fromarray(_solid((200, 40, 90), size=32)).convert(mode)
+  buffer = io.BytesIO()
+  source.save(buffer, format=fmt)
+  pixels, _, _ = transforms.decode_crop_resize(buffer.getvalue(), 16, transforms.center_crop_box)
+  expected = np.asarray(source.convert("RGB")).reshape(-1, 3).mean(axis=0)  # P dithers
+  assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
+  np.testing.assert_allclose(pixels.reshape(-1, 3).mean(axis=0), expected, atol=3)
+
+
 def test_undecodable_bytes_raise_skip():
   with pytest.raises(transforms.SkipRecord, match="undecodable_image"):
     transforms.decode_crop_resize(b"\xff\xd8 not a jpeg", 32, transforms.center_crop_box)

@@ -97,7 +97,9 @@ def decode_crop_resize(
         reduction *= 2
       if reduction > 1:
         image.draft("RGB", (math.ceil(width / reduction), math.ceil(height / reduction)))
-    image = image.convert("RGB")  # decodes (at the drafted scale)
+    image.load()  # decodes (at the drafted scale)
+    if image.mode != "RGB":  # convert() would also copy an image that is RGB already
+      image = image.convert("RGB")
   except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
     raise SkipRecord("undecodable_image") from error
   scale_x, scale_y = image.size[0] / width, image.size[1] / height
