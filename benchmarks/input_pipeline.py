@@ -14,6 +14,16 @@ source size (once; reused), then measures
 `vs raw` compares that with the raw decode rate of the same images measured in the same
 run. Rows with source = output size show the pipeline's overhead over decoding; rows
 with larger sources (as real product photos are) add the effect of crop-aware decoding.
+
+A second table bounds what any pipeline could reach. Besides decoding, every pipeline that
+reads these records and trains on random-resized crops must (a) read each record from its
+ArrayRecord file and (b) resample the crop to the output size. Both are measured here on
+the same images, in the same run, and
+
+    ceiling = raw decode time / (raw decode time + read time + crop-resize time)
+
+is the largest `vs raw` a pipeline doing nothing else (no parsing, tokenization, batching
+or hand-off between threads and processes) could reach.
 """
 
 from __future__ import annotations
@@ -36,6 +46,37 @@ def raw_decode_rate(images: list[bytes], seconds: float) -> float:
       np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
     decoded += len(images)
   return decoded / (time.perf_counter() - start)
+
+
+def per_image_seconds(work, items: list, seconds: float) -> float:
+  """Seconds per item of `work(item)`, cycling through `items` for about `seconds`."""
+  done, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    for item in items:
+      work(item)
+    done += len(items)
+  return (time.perf_counter() - start) / done
+
+
+def unavoidable_costs(records, images: list[bytes], size: int, crop_scale, seconds: float):
+  """(read, crop-resize) seconds per example: work no training pipeline can skip.
+
+  `records` is the split's ArrayRecord source of serialized records, read in a shuffled
+  order as training reads it; the crop-resize resamples a random-resized crop of an
+  already decoded image to size x size, as the training transform does after decoding.
+  """
+  from eclip_jax.data import transforms  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(records)).tolist()
+  read = per_image_seconds(records.__getitem__, order, seconds)
+  decoded = [Image.open(io.BytesIO(encoded)).convert("RGB") for encoded in images[:256]]
+  crops = [(image, transforms.random_resized_crop_box(rng, *image.size, crop_scale))
+           for image in decoded]
+  resize = per_image_seconds(
+      lambda pair: pair[0].resize((size, size), Image.Resampling.BILINEAR, box=pair[1]),
+      crops, seconds)
+  return read, resize
 
 
 def pipeline_rate(config, warmup_batches: int, seconds: float) -> float:
@@ -66,7 +107,7 @@ def main():
 
   from eclip_jax.data import pipeline, prepare  # pylint: disable=g-import-not-at-top
 
-  rows = []
+  rows, ceilings = [], []
   for pair in args.sizes.split(","):
     size, source_size = map(int, pair.split(":"))
     # `small`, not `tiny`: Grain's index shuffle costs ~100 us per element on a 200-record
@@ -77,6 +118,11 @@ def main():
     images = [source[i]["images"][0] for i in range(len(source))]
     raw = raw_decode_rate(images, args.seconds)
     rows.append((size, source_size, "raw decode loop", raw, raw, 1.0))
+    read, resize = unavoidable_costs(source.data_source, images, size,
+                                     tuple(pipeline.default_input_config().crop_scale),
+                                     args.seconds / 2)
+    ceilings.append((size, source_size, 1 / raw, read, resize,
+                     (1 / raw) / (1 / raw + read + resize)))
     for workers in map(int, args.workers.split(",")):
       config = pipeline.default_input_config()
       config.update(dataset=dataset, data_dir=args.data_dir, vocab_size=1000,
@@ -93,6 +139,12 @@ def main():
   for size, source_size, what, rate, per_worker, ratio in rows:
     print(f"{size:>4} | {source_size:>6} | {what:<22} | {rate:>10.0f} | {per_worker:>10.0f} | "
           f"{ratio:>6.2f}")
+  print(f"\n{'out':>4} | {'source':>6} | {'decode us':>9} | {'read us':>7} | "
+        f"{'crop-resize us':>14} | {'ceiling':>7}")
+  print("-" * 63)
+  for size, source_size, decode, read, resize, ceiling in ceilings:
+    print(f"{size:>4} | {source_size:>6} | {decode * 1e6:>9.0f} | {read * 1e6:>7.0f} | "
+          f"{resize * 1e6:>14.0f} | {ceiling:>7.2f}")
   print(f"\nmachine: {os.cpu_count()} cores; command: python {' '.join(sys.argv)}")
 
 
