@@ -299,6 +299,16 @@ def test_pointing_game_on_hand_made_maps():
   # IoUs: one cell [0,.25]x[.25,.5] vs the half: 1/8; the right cell: 0; the box itself: 1.
   assert metrics["mean_iou"] == pytest.approx((1 / 8 + 0 + 1) / 3)
   assert metrics["full_image_iou"] == pytest.approx(0.5)
+  assert metrics["center_pointing"] == pytest.approx(1.0)  # x = 0.5 is on the box's edge
+
+
+def test_center_pointing_counts_boxes_holding_the_image_center():
+  boxes = np.array([[0.4, 0.4, 0.6, 0.6],    # holds the center
+                    [0.0, 0.0, 0.3, 0.3],    # a corner
+                    [0.45, 0.6, 0.9, 0.95],  # straddles x = 0.5 but lies below the center
+                    [0.1, 0.2, 0.7, 0.8]], np.float32)
+  metrics = grounding.grounding_metrics(np.zeros((4, 4, 4), np.float32), boxes, threshold=0.5)
+  assert metrics["center_pointing"] == pytest.approx(2 / 4)
 
 
 def test_map_box_thresholds_the_scaled_map():
