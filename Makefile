@@ -7,7 +7,7 @@ comma := ,
 DEMO_METRICS := $(subst $() ,$(comma),eval/retrieval/i2t_r1 eval/retrieval/chance_r1 \
 	eval/zeroshot/top1 eval/product_retrieval/map10 eval/product_retrieval/r1 \
 	eval/product_retrieval/chance_r1 eval/grounding/pointing_acc \
-	eval/grounding/chance_pointing eval/grounding/mean_iou)
+	eval/grounding/chance_pointing eval/grounding/center_pointing eval/grounding/mean_iou)
 train = $(PY) -m eclip_jax.main --config=configs/$(1).py:tiny --workdir=$(DEMO_WORKDIR)/$(1)_tiny \
 	--config.input.data_dir=$(DATA_DIR) --config.eval_every_steps=0
 
