@@ -94,6 +94,41 @@ def test_box_in_crop_known_answer():
   assert not visible
 
 
+def test_box_region_known_answers():
+  # A 20x10 box at (40..60, 20..30) of a 100x50 image: side 20 * 1.5 = 30, centred.
+  box = np.array([0.4, 0.4, 0.6, 0.6], np.float32)
+  np.testing.assert_allclose(transforms.box_region(box, 100, 50, 0.5), (35, 10, 65, 40))
+  # Near the border the square shifts inside the image; larger than the image, it shrinks.
+  corner = np.array([0.0, 0.0, 0.1, 0.2], np.float32)
+  np.testing.assert_allclose(transforms.box_region(corner, 100, 50, 1.0), (0, 0, 20, 20))
+  np.testing.assert_allclose(transforms.box_region(box, 100, 50, 5.0), (25, 0, 75, 50))
+  # crop_within maps a crop of the region back to source pixels.
+  assert transforms.crop_within((35, 15, 65, 45), lambda w, h: (0, 0, w / 2, h)) == (
+      35, 15, 50, 45)
+
+
+def test_crop_to_box_shows_the_product_and_maps_its_box(tokenizer):
+  # A gray 96px photo with a small red square product at (60..72, 12..24).
+  pixels = np.full((96, 96, 3), 128, np.uint8)
+  pixels[12:24, 60:72] = (255, 0, 0)
+  box = np.array([[60 / 96, 12 / 96, 72 / 96, 24 / 96]], np.float32)
+  record = _record([_encode(pixels, "PNG")], boxes=box)
+  plain = transforms.ExampleTransform(tokenizer, image_size=16)(record)
+  oracle = transforms.ExampleTransform(tokenizer, image_size=16, crop_to_box=True,
+                                       box_context=0.5)(record)
+  red = lambda image: float(((image[..., 0] > 0.5) & (image[..., 1] < 0)).mean())  # noqa: E731
+  assert red(plain["image"]) < 0.05
+  # The region is the 18px square around the box: the product fills (12/18)^2 of it.
+  assert abs(red(oracle["image"]) - (12 / 18) ** 2) < 0.1
+  np.testing.assert_allclose(oracle["box"], [3 / 18, 3 / 18, 15 / 18, 15 / 18], atol=1e-5)
+  # Training crops stay inside the region, so the product is always in view.
+  train = transforms.ExampleTransform(tokenizer, image_size=16, crop_to_box=True)
+  for seed in range(5):
+    assert train(record, np.random.default_rng(seed))["box_mask"]
+  with pytest.raises(ValueError, match="crop_to_box needs a box"):
+    train(_record([_encode(pixels, "PNG")]), np.random.default_rng(0))
+
+
 def test_two_views_are_two_different_images_of_the_product(tokenizer):
   red, blue = _encode(_solid((255, 0, 0))), _encode(_solid((0, 0, 255)))
   transform = transforms.ExampleTransform(tokenizer, image_size=16, num_views=2)

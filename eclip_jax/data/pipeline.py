@@ -54,6 +54,10 @@ def default_input_config() -> ml_collections.ConfigDict:
       "num_views": 1,  # images of the product per example (ECLIP uses 2)
       "crop_scale": (0.35, 1.0),  # random-resized-crop area fraction (training)
       "flip": True,
+      # Oracle diagnostic: crop train and eval images to their product box (+ box_context of
+      # its side) first. Needs boxes; makes the grounding evaluator's numbers meaningless.
+      "crop_to_box": False,
+      "box_context": 0.25,
       "value_range": (-1.0, 1.0),
       "tokenizer": "",  # .model path; "" = the one `prepare` stored beside the dataset
       "vocab_size": 8000,  # picks that default tokenizer
@@ -126,6 +130,8 @@ def make_transform(
       num_views=input_config.num_views,
       crop_scale=tuple(input_config.crop_scale),
       flip=input_config.flip,
+      crop_to_box=input_config.crop_to_box,
+      box_context=input_config.box_context,
       value_range=tuple(input_config.value_range),
       max_text_len=input_config.max_text_len,
       text_normalizer=input_config.text_normalizer,

@@ -16,6 +16,7 @@ within resampling differences.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +77,23 @@ def center_crop_box(width: int, height: int) -> PixelBox:
   side = min(width, height)
   left, top = (width - side) / 2, (height - side) / 2
   return (left, top, left + side, top + side)
+
+
+def box_region(box: np.ndarray, width: int, height: int, context: float) -> PixelBox:
+  """The square around a normalized xyxy `box`: side (1 + context) x the box's longer side
+  (at most the image's shorter side), centred on the box, then shifted inside the image."""
+  x0, y0, x1, y1 = (float(v) for v in np.asarray(box, np.float64) * (width, height, width, height))
+  side = min(max(x1 - x0, y1 - y0) * (1 + context), width, height)
+  left = min(max((x0 + x1 - side) / 2, 0.0), width - side)
+  top = min(max((y0 + y1 - side) / 2, 0.0), height - side)
+  return (left, top, left + side, top + side)
+
+
+def crop_within(region: PixelBox, choose_crop: Callable[[int, int], PixelBox]) -> PixelBox:
+  """`choose_crop` applied to `region` as if it were the whole image, in source pixels."""
+  left, top, right, bottom = region
+  inner = choose_crop(right - left, bottom - top)
+  return (left + inner[0], top + inner[1], left + inner[2], top + inner[3])
 
 
 def decode_crop_resize(
@@ -143,6 +161,10 @@ class ExampleTransform:
   crop_scale: tuple[float, float] = (0.35, 1.0)
   flip: bool = True
   value_range: tuple[float, float] = (-1.0, 1.0)
+  # Diagnostic oracle: crop every image to the square around its product box (enlarged by
+  # `box_context`) before the usual crop, so the model sees the product at full resolution.
+  crop_to_box: bool = False
+  box_context: float = 0.25
   max_text_len: int = 32
   text_normalizer: str = "basic"
   max_table_len: int = 64
@@ -206,6 +228,10 @@ class ExampleTransform:
     if len(encoded) == 0:
       raise SkipRecord("no_images")
     boxes = np.asarray(record["boxes"], np.float32)
+    if self.crop_to_box and len(boxes) == 0:
+      raise ValueError(
+          f"input.crop_to_box needs a box for every image; product {record['product_index']} "
+          "has none (train without crop_to_box, or on a dataset that records boxes)")
     views, view_boxes, view_box_mask = [], [], []
     for image_index in self._view_indices(len(encoded), rng):
       if rng is None:
@@ -213,6 +239,8 @@ class ExampleTransform:
       else:
         choose_crop = lambda w, h: random_resized_crop_box(rng, w, h, self.crop_scale)  # noqa: E731
         flipped = self.flip and bool(rng.random() < 0.5)
+      if self.crop_to_box:
+        choose_crop = functools.partial(self._crop_in_box, boxes[image_index], choose_crop)
       pixels, crop, source_size = decode_crop_resize(
           encoded[image_index], self.image_size, choose_crop
       )
@@ -230,6 +258,9 @@ class ExampleTransform:
     new_view = np.arange(self.num_views) < len(encoded)
     return {"images": np.stack(views), "boxes": np.stack(view_boxes),
             "box_mask": np.array(view_box_mask), "view_mask": new_view}
+
+  def _crop_in_box(self, box, choose_crop, width, height) -> PixelBox:
+    return crop_within(box_region(box, width, height, self.box_context), choose_crop)
 
   def _view_indices(self, num_images: int, rng) -> list[int]:
     """Distinct images of the product where it has enough; otherwise images repeat (their
