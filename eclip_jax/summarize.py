@@ -5,11 +5,15 @@ r"""Final metrics of several runs as a markdown table with mean ± std (seeds, s
 
 Each run contributes the last value of each metric in its `metrics.jsonl`. `--noaggregate`
 drops the mean ± std row (to put different methods side by side, as `make demo` does).
+Arguments that are files, not directories (a glob catching `RUN.log` beside `RUN/`), are
+skipped and named on stderr; a directory without `metrics.jsonl` is an error.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 from collections.abc import Sequence
 
 from absl import app, flags
@@ -48,10 +52,24 @@ def table(workdirs: Sequence[str], keys: Sequence[str], aggregate: bool = True) 
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) < 2:
+def run_workdirs(paths: Sequence[str]) -> list[str]:
+  """`paths` without the plain files among them (reported on stderr); every directory left
+  must hold a `metrics.jsonl`."""
+  files = [path for path in paths if os.path.isfile(path)]
+  if files:
+    print(f"summarize: skipped {len(files)} files that are not run workdirs: "
+          + " ".join(files), file=sys.stderr)
+  workdirs = [path for path in paths if path not in files]
+  for workdir in workdirs:
+    if not os.path.isfile(os.path.join(workdir, "metrics.jsonl")):
+      raise app.UsageError(f"{workdir} is not a run workdir: it has no metrics.jsonl")
+  if not workdirs:
     raise app.UsageError("name the run workdirs to summarize")
-  print(table(argv[1:], _METRICS.value, _AGGREGATE.value))
+  return workdirs
+
+
+def main(argv):
+  print(table(run_workdirs(argv[1:]), _METRICS.value, _AGGREGATE.value))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from absl import app
 
 from eclip_jax import metrics, summarize
 
@@ -39,3 +40,15 @@ def test_summary_table_mean_and_std(tmp_path):
   table = summarize.table([str(tmp_path / f"seed{i}") for i in range(3)], ["eval/r1", "train/loss"])
   assert "| mean ± std (n=3) | | 0.4000 ± 0.2000 | 2.0000 ± 0.0000 |" in table
   assert f"| {tmp_path / 'seed1'} | 10 | 0.4000 | 2.0000 |" in table
+
+
+def test_summarize_skips_log_files_and_rejects_directories_without_metrics(tmp_path, capsys):
+  (tmp_path / "seed0").mkdir()
+  (tmp_path / "seed0" / "metrics.jsonl").write_text('{"step": 1}\n')
+  (tmp_path / "seed0.log").write_text("step 1/1\n")
+  paths = [str(tmp_path / "seed0"), str(tmp_path / "seed0.log")]
+  assert summarize.run_workdirs(paths) == [str(tmp_path / "seed0")]
+  assert "skipped 1 files" in capsys.readouterr().err
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(app.UsageError, match="has no metrics.jsonl"):
+    summarize.run_workdirs([str(tmp_path / "empty")])
