@@ -11,12 +11,12 @@ skipped and named on stderr; a directory without `metrics.jsonl` is an error.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 from collections.abc import Sequence
 
 from absl import app, flags
+from etils import epath
 
 from eclip_jax import metrics as metrics_lib
 
@@ -55,13 +55,13 @@ def table(workdirs: Sequence[str], keys: Sequence[str], aggregate: bool = True) 
 def run_workdirs(paths: Sequence[str]) -> list[str]:
   """`paths` without the plain files among them (reported on stderr); every directory left
   must hold a `metrics.jsonl`."""
-  files = [path for path in paths if os.path.isfile(path)]
+  files = [path for path in paths if epath.Path(path).is_file()]  # epath: gs:// works too
   if files:
     print(f"summarize: skipped {len(files)} files that are not run workdirs: "
           + " ".join(files), file=sys.stderr)
   workdirs = [path for path in paths if path not in files]
   for workdir in workdirs:
-    if not os.path.isfile(os.path.join(workdir, "metrics.jsonl")):
+    if not (epath.Path(workdir) / metrics_lib.METRICS_FILE).is_file():
       raise app.UsageError(f"{workdir} is not a run workdir: it has no metrics.jsonl")
   if not workdirs:
     raise app.UsageError("name the run workdirs to summarize")
