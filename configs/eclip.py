@@ -55,6 +55,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.selection_temperature = 0.1
   config.model.selection_mlp_dim = 128
 
+  # ECLIP's own knobs (the objectives read them as `ctx.method_config`).
+  config.eclip = ml_collections.ConfigDict({
+      # The instance embedding tasks (2) and (3) train. "image": the image-only selection's;
+      # "text": the title-guided one, which carries the title into both sides of each
+      # comparison, a shortcut those tasks learn instead of the product (RESULTS.md).
+      "instance_selection": "image",
+  })
   config.objectives = ml_collections.ConfigDict({
       "clip": 1.0,                  # (1) global image-title
       "instance_text": 1.0,         # (2) inter-product instance-title

@@ -16,8 +16,10 @@ deleted file) fails to restore; `restore_latest` then falls back to the one befo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grain
@@ -28,6 +30,10 @@ from absl import logging
 from etils import epath
 
 from eclip_jax import optim
+
+# What a checkpoint's data item restores into: an iterator, a function of the step giving
+# one (when which iterator depends on the step), or nothing.
+DataTarget = grain.DatasetIterator | Callable[[int], grain.DatasetIterator] | None
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable checkpoint is renamed `<step>.corrupt`
@@ -82,18 +88,45 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointSave(_DataStateSnapshot(data_iterator))
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, step: int, abstract_state: Any,
-              data_iterator: grain.DatasetIterator | None = None) -> Any:
-    """The state at `step`, laid out as `abstract_state` says; restores `data_iterator` too."""
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+  def restore(self, step: int, abstract_state: Any, data_iterator: DataTarget = None,
+              defaults: Mapping[str, Any] | None = None) -> Any:
+    """The state at `step`, laid out as `abstract_state` says; restores the data iterator
+    too (`data_iterator`: the iterator, or a function of the step giving it).
+
+    A checkpoint written before the state had some field (a dataclass field of
+    `abstract_state` it lacks) restores with that field taken from `defaults`.
+    """
+    missing = self._missing_fields(step, abstract_state)
+    unfilled = sorted(set(missing) - set(defaults or {}))
+    if unfilled:
+      raise ValueError(f"checkpoint {step} in {self.directory} has no {unfilled} in its state; "
+                       "it was written by an incompatible version.")
+    target = abstract_state
+    if missing:
+      target = {name: getattr(abstract_state, name) for name in _field_names(abstract_state)
+                if name not in missing}
+    items = {"state": ocp.args.StandardRestore(target)}
+    if callable(data_iterator):
+      data_iterator = data_iterator(step)
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"]
+    state = self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    if missing:
+      state = abstract_state.replace(**state, **{name: defaults[name] for name in missing})
+    return state
 
-  def restore_latest(self, abstract_state: Any,
-                     data_iterator: grain.DatasetIterator | None = None) -> Any | None:
-    """The state of the newest checkpoint that restores (None without checkpoints).
+  def _missing_fields(self, step: int, abstract_state: Any) -> list[str]:
+    if not dataclasses.is_dataclass(abstract_state):
+      return []
+    # The manager knows an item's handler only once it saved or restored it in this process.
+    metadata = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+    saved = set(metadata.tree)
+    return [name for name in _field_names(abstract_state) if name not in saved]
+
+  def restore_latest(self, abstract_state: Any, data_iterator: DataTarget = None,
+                     defaults: Mapping[str, Any] | None = None) -> Any | None:
+    """The state of the newest checkpoint that restores (None without checkpoints);
+    `data_iterator` and `defaults` as in `restore`.
 
     Newer ones that fail to restore on any process are renamed `<step>.corrupt`, with a
     warning naming them and the step used instead. When none restores, the newest one's
@@ -103,7 +136,7 @@ class Checkpointer:
     unreadable, errors = [], []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        state, error = self.restore(step, abstract_state, data_iterator), None
+        state, error = self.restore(step, abstract_state, data_iterator, defaults), None
       except Exception as e:  # pylint: disable=broad-except  (TensorStore raises `Exception`)
         state, error = None, e
       # Every process must resume from the same step, and each reads only its own shards.
@@ -148,6 +181,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _field_names(state: Any) -> list[str]:
+  return [field.name for field in dataclasses.fields(state)]
 
 
 def _first_line(error: Exception | None) -> str:

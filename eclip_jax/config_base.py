@@ -1,8 +1,9 @@
 """The fields every method config has, with their defaults and meaning.
 
 Method configs (`configs/*.py`) start from `base_config()` and fill in `model`, `objectives`
-and `evals`; the trainer rejects fields of the other sections that are not defined here, so a
-typo fails loudly instead of being ignored.
+and `evals`, plus their method's own section (`eclip`, ...: named by the objectives that read
+it, eclip_jax/objectives); the trainer rejects fields of the other sections that are not
+defined here, so a typo fails loudly instead of being ignored.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import ml_collections
 from eclip_jax import parallel
 from eclip_jax.data import pipeline
 
-# Sections methods fill with their own fields.
-METHOD_SECTIONS = ("model", "objectives", "evals")
+# Sections whose fields each method defines.
+OPEN_SECTIONS = ("model", "objectives", "evals")
+# Fields that moved: old spelling -> new one (an old spelling fails, naming the new).
+MOVED_FIELDS = {"loss.instance_selection": "eclip.instance_selection"}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -46,10 +49,17 @@ def base_config() -> ml_collections.ConfigDict:
       "impl": "tiled",
       "positives": "pair",  # "pair", "product" or "catalog": rows with equal ids are positives
       "tile": 0,  # rows per tile for impl="tiled"; 0 = contrastive.DEFAULT_TILE (1024)
-      # ECLIP: the instance embedding its tasks (2) and (3) train. "image": the image-only
-      # selection's; "text": the title-guided one, which carries the title into both sides
-      # of the comparison, a shortcut those tasks learn instead of the product (RESULTS.md).
-      "instance_selection": "image",
+  })
+
+  # How a step forms its gradients and how big its batches are (eclip_jax/gradients.py).
+  config.train = ml_collections.ConfigDict({
+      "gradients": "full",  # a registered gradient strategy: "full" (value_and_grad)
+      # ((start_step, global_batch), ...): from `start_step` steps on, batches have
+      # `global_batch` rows; before the first stage, input.batch_size.
+      "batch_schedule": (),
+      # The learning rate of a stage: optim.lr x f(stage batch / input.batch_size), f one of
+      # "none" (1), "linear", "sqrt".
+      "batch_lr_scaling": "none",
   })
 
   config.optim = ml_collections.ConfigDict({

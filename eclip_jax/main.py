@@ -85,6 +85,11 @@ def _unknown_override(argv: list[str]) -> str | None:
     if not override.startswith("--config."):
       continue
     field = override.split("=", 1)[0].removeprefix("--")
+    from eclip_jax import config_base  # pylint: disable=g-import-not-at-top  (loads JAX)
+
+    moved = config_base.MOVED_FIELDS.get(field.removeprefix("config."))
+    if moved:
+      return f"{field} moved to config.{moved}; set that instead."
     node, walked = config, "config"
     for key in field.split(".")[1:]:
       if not hasattr(node, "keys") or key not in node:

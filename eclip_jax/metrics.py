@@ -77,17 +77,19 @@ def read_metrics(workdir: str | epath.Path) -> list[dict[str, float]]:
 class StepTimer:
   """Steps/s, examples/s and the fraction of wall time spent waiting for input.
 
-  Call `data_wait()` around fetching a batch and `step_done()` once per step; `rates()` gives
-  the averages since the previous call.
+  Call `data_wait()` around fetching a batch and `step_done(batch_size)` once per step (the
+  batch size may change from step to step); `rates()` gives the averages since the previous
+  call (or `reset()`).
   """
 
-  def __init__(self, global_batch_size: int):
-    self._batch_size = global_batch_size
-    self._reset()
+  def __init__(self):
+    self.reset()
 
-  def _reset(self):
+  def reset(self) -> None:
+    """Starts a new averaging window."""
     self._start = time.perf_counter()
     self._steps = 0
+    self._examples = 0
     self._waiting = 0.0
     self._excluded = 0.0
 
@@ -101,24 +103,25 @@ class StepTimer:
 
   @contextlib.contextmanager
   def paused(self):
-    """Time inside (evaluation, say) counts neither as training nor as waiting."""
+    """Time inside (evaluation, compilation) counts neither as training nor as waiting."""
     start = time.perf_counter()
     try:
       yield
     finally:
       self._excluded += time.perf_counter() - start
 
-  def step_done(self) -> None:
+  def step_done(self, batch_size: int) -> None:
     self._steps += 1
+    self._examples += batch_size
 
   def rates(self) -> dict[str, float]:
     elapsed = max(time.perf_counter() - self._start - self._excluded, 1e-9)
     rates = {
         "perf/steps_per_sec": self._steps / elapsed,
-        "perf/examples_per_sec": self._steps * self._batch_size / elapsed,
+        "perf/examples_per_sec": self._examples / elapsed,
         "perf/data_wait_frac": self._waiting / elapsed,
     }
-    self._reset()
+    self.reset()
     return rates
 
 

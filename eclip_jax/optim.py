@@ -8,8 +8,9 @@ partitioned) parameter trees, so the optimizer state can be created sharded.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +20,10 @@ import ml_collections
 import optax
 
 SCHEDULES = ("cosine", "linear", "constant")
+# How the learning rate follows the batch size of a batch schedule's stage: the multiplier of
+# a stage whose batch is `ratio` times the first stage's.
+BATCH_LR_SCALINGS = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio,
+                     "sqrt": math.sqrt}
 
 
 def param_path(path) -> str:
@@ -52,6 +57,26 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
   return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), decay], [warmup])
 
 
+def scale_by_batch_stage(schedule: optax.Schedule, stages: Sequence[tuple[int, int]],
+                         scaling: str) -> optax.Schedule:
+  """`schedule` times the `scaling` rule's multiplier of each batch stage ((first step,
+  global batch), ...; the first stage's multiplier is 1)."""
+  if scaling not in BATCH_LR_SCALINGS:
+    raise ValueError(f"config.train.batch_lr_scaling={scaling!r} is unknown; use one of "
+                     f"{sorted(BATCH_LR_SCALINGS)}.")
+  if len(stages) == 1 or scaling == "none":
+    return schedule
+  base = stages[0][1]
+  multipliers = jnp.array([BATCH_LR_SCALINGS[scaling](batch / base) for _, batch in stages],
+                          jnp.float32)
+  starts = jnp.array([start for start, _ in stages], jnp.int32)
+
+  def scaled(count):
+    return schedule(count) * multipliers[jnp.sum(count >= starts) - 1]
+
+  return scaled
+
+
 def _matches(pattern: str) -> Callable[[str], bool]:
   compiled = re.compile(pattern) if pattern else None
   return lambda path: bool(compiled and compiled.search(path))
@@ -81,14 +106,17 @@ def _scale_by_multipliers(multipliers: Callable[[Any], Any]) -> optax.GradientTr
 
 
 def make_optimizer(
-    optim: ml_collections.ConfigDict, total_steps: int
+    optim: ml_collections.ConfigDict, total_steps: int,
+    batch_stages: Sequence[tuple[int, int]] = ((0, 1),), batch_lr_scaling: str = "none",
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW as a chain: freeze -> clip -> Adam moments -> masked decay -> -lr x multiplier.
 
   Frozen parameters get zero gradients *before* clipping, so they do not count in the global
-  norm, and are excluded from weight decay, so they stay exactly as loaded.
+  norm, and are excluded from weight decay, so they stay exactly as loaded. With a batch
+  schedule (`batch_stages`), the learning rate follows its stages by `batch_lr_scaling`.
   """
-  schedule = learning_rate_schedule(optim, total_steps)
+  schedule = scale_by_batch_stage(learning_rate_schedule(optim, total_steps), batch_stages,
+                                  batch_lr_scaling)
   frozen = _matches(optim.freeze)
   no_decay = _matches(optim.no_decay)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -111,6 +112,45 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def logical_shardings(boxed_tree: Any, mesh: Mesh, rules) -> Any:
   """NamedShardings for a tree of `nn.Partitioned` leaves (e.g. `jax.eval_shape(init)`)."""
   return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
+
+
+def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int,
+                       mesh: Mesh) -> dict[str, jax.Array]:
+  """A global batch [B, ...] -> [M, B / M, ...] micro-batches, each spread over every device.
+
+  Each device's rows are cut into M consecutive chunks and micro-batch m is every device's
+  m-th chunk, so no data moves and each micro-batch keeps the whole mesh busy (a plain
+  reshape would put micro-batch m on 1/M of the devices). `merge_microbatches` inverts it.
+  """
+  num_shards = data_parallel_size(mesh)
+
+  def split(array):
+    rows_per_device = array.shape[0] // num_shards
+    if array.shape[0] % num_shards or rows_per_device % num_microbatches:
+      raise ValueError(
+          f"a global batch of {array.shape[0]} rows on {num_shards} data-parallel devices "
+          f"does not split into {num_microbatches} micro-batches; make input.batch_size a "
+          f"multiple of {num_shards * num_microbatches}.")
+    chunk = rows_per_device // num_microbatches
+    array = array.reshape(num_shards, num_microbatches, chunk, *array.shape[1:])
+    array = jnp.swapaxes(array, 0, 1).reshape(num_microbatches, num_shards * chunk,
+                                              *array.shape[3:])
+    return jax.lax.with_sharding_constraint(array, NamedSharding(mesh, P(None, BATCH_AXES)))
+
+  return {key: split(value) for key, value in batch.items()}
+
+
+def merge_microbatches(tree: Any, mesh: Mesh) -> Any:
+  """[M, B / M, ...] leaves in `split_microbatches`' order -> [B, ...] in the batch's order."""
+  num_shards = data_parallel_size(mesh)
+
+  def merge(array):
+    num_microbatches, rows = array.shape[:2]
+    array = array.reshape(num_microbatches, num_shards, rows // num_shards, *array.shape[2:])
+    array = jnp.swapaxes(array, 0, 1).reshape(num_microbatches * rows, *array.shape[3:])
+    return jax.lax.with_sharding_constraint(array, batch_sharding(mesh))
+
+  return jax.tree.map(merge, tree)
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -4,9 +4,15 @@
            -> AOT-compiled step (memory analysis logged) -> loop:
               next batch -> parallel.to_global -> step -> hooks (metrics, evals, checkpoints)
 
-Models and objectives are plug-ins named by the config (`model.name`, `objectives`); the
-trainer only knows their contracts: `model.apply(variables, batch) -> outputs dict` and
-`objective(outputs, batch, ctx) -> (loss, metrics)`.
+Models, objectives and gradient strategies are plug-ins named by the config (`model.name`,
+`objectives`, `train.gradients`); the trainer only knows their contracts:
+`model.apply(variables, batch) -> outputs dict`, `objective(outputs, batch, ctx) -> (loss,
+metrics)` and `strategy(step_loss, params, batch, rng) -> ((loss, metrics), grads)`. What a
+batch holds comes from the input pipeline's description of an example (`example_spec`), so
+a model with new inputs needs no trainer change.
+
+The global batch size may change during training (`train.batch_schedule`): the input
+pipeline re-forms at each stage's first step, and one step is compiled per batch shape.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from etils import epath
 from eclip_jax import checkpoint as checkpoint_lib
 from eclip_jax import config_base
 from eclip_jax import evals as evals_lib
+from eclip_jax import gradients
 from eclip_jax import metrics as metrics_lib
 from eclip_jax import models
 from eclip_jax import objectives as objectives_lib
@@ -59,6 +66,14 @@ class TrainState:
   # The first step whose loss was NaN/inf, or -1. Kept on device so detecting it does not
   # synchronize host and device every step; the host reads it at log and checkpoint steps.
   nonfinite_step: jax.Array
+  # Raw PRNG key data (uint32 [2]) for randomness on device; step k uses fold_in(rng, k).
+  rng: jax.Array
+
+
+def initial_rng(seed: int) -> jax.Array:
+  """The train state's `rng` for `seed` (kept apart from the stream that initializes the
+  params); also what a checkpoint written before states had one resumes with."""
+  return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,30 +83,21 @@ class TrainState:
 
 def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
   """Raises one clear sentence naming the field and the fix."""
-  base = config_base.base_config()
-  for key in config:
-    if key not in base:
-      raise ValueError(f"config.{key} is not a known config field; known: {sorted(base)}.")
-  for section in base:
-    if section in config_base.METHOD_SECTIONS or not isinstance(base[section], ml_collections.ConfigDict):
-      continue
-    for key in config[section]:
-      if key not in base[section]:
-        raise ValueError(
-            f"config.{section}.{key} is not a known config field; "
-            f"known: {sorted(base[section])}."
-        )
+  _check_known_fields(config)
   dp = parallel.data_parallel_size(mesh)
-  if config.input.batch_size % dp:
-    raise ValueError(
-        f"config.input.batch_size={config.input.batch_size} is not divisible by the "
-        f"data-parallel size {dp} (mesh data x fsdp); use a multiple of {dp}."
-    )
-  if config.input.batch_size % jax.process_count():
-    raise ValueError(
-        f"config.input.batch_size={config.input.batch_size} is not divisible by the "
-        f"{jax.process_count()} processes; use a multiple of {jax.process_count()}."
-    )
+  stages = pipeline.BatchSchedule.from_config(config).stages
+  for stage, (start, batch_size) in enumerate(stages):
+    field = (f"config.input.batch_size={batch_size}" if stage == 0 else
+             f"config.train.batch_schedule's batch {batch_size} (from step {start})")
+    for divisor, what in ((dp, f"data-parallel size {dp} (mesh data x fsdp)"),
+                          (jax.process_count(), f"{jax.process_count()} processes")):
+      if batch_size % divisor:
+        raise ValueError(f"{field} is not divisible by the {what}; use a multiple of "
+                         f"{divisor}.")
+  gradients.get(config.train.gradients)  # raises for unknown names
+  if config.train.batch_lr_scaling not in optim.BATCH_LR_SCALINGS:
+    raise ValueError(f"config.train.batch_lr_scaling={config.train.batch_lr_scaling!r} is "
+                     f"unknown; use one of {sorted(optim.BATCH_LR_SCALINGS)}.")
   if not config.objectives:
     raise ValueError("config.objectives is empty; name at least one objective and its weight.")
   for name in config.objectives:
@@ -113,26 +119,42 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     raise FileNotFoundError(f"config.init_from={config.init_from!r} does not exist.")
 
 
+def _check_known_fields(config: ml_collections.ConfigDict) -> None:
+  """Every field is one `base_config` defines, one of a section methods fill, or a method's
+  own section (named by the objectives that read it); moved fields name their new home."""
+  base = config_base.base_config()
+  method_sections = objectives_lib.method_sections()
+  for key in config:
+    if key not in base and key not in method_sections:
+      raise ValueError(f"config.{key} is not a known config field; known: "
+                       f"{sorted(set(base) | method_sections)}.")
+  for section in base:
+    if section in config_base.OPEN_SECTIONS or not isinstance(base[section], ml_collections.ConfigDict):
+      continue
+    for key in config[section]:
+      if key not in base[section]:
+        moved = config_base.MOVED_FIELDS.get(f"{section}.{key}")
+        raise ValueError(
+            f"config.{section}.{key} moved to config.{moved}; set that instead." if moved else
+            f"config.{section}.{key} is not a known config field; "
+            f"known: {sorted(base[section])}."
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Sharded train state.
 # --------------------------------------------------------------------------------------------
 def init_batch(input_config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """One all-zero example of every model input the config's modalities produce (for init)."""
-  size, views = input_config.image_size, input_config.num_views
-  batch = {}
-  if "image" in input_config.modalities:
-    if views == 1:
-      batch["image"] = np.zeros((1, size, size, 3), np.float32)
-    else:
-      batch["images"] = np.zeros((1, views, size, size, 3), np.float32)
-  if "text" in input_config.modalities:
-    batch["text_tokens"] = np.zeros((1, input_config.max_text_len), np.int32)
-    batch["text_mask"] = np.ones((1, input_config.max_text_len), bool)
-  return batch
+  """One example of every key a training batch holds (`pipeline.example_spec`), for init:
+  zeros, and True for boolean masks (every position present)."""
+  return {
+      key: (np.ones if spec.dtype == np.bool_ else np.zeros)((1, *spec.shape), spec.dtype)
+      for key, spec in pipeline.example_spec(input_config).items()
+  }
 
 
 class Setup:
-  """The pieces of a run built from its config: mesh, model, optimizer, shardings.
+  """The pieces of a run built from its config: mesh, model, loss, optimizer, shardings.
 
   Everything that traces a model runs inside `self.context()`, which makes the mesh and
   the logical-axis rules visible to the model's sharding annotations.
@@ -143,8 +165,17 @@ class Setup:
     self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
     self.rules = parallel.sharding_rules(config.sharding_rules)
     self.model = models.build_model(config.model)
-    self.optimizer, self.schedule = optim.make_optimizer(config.optim, config.total_steps)
-    self.objective_ctx = objectives_lib.ObjectiveContext(mesh=self.mesh, loss_config=config.loss)
+    self.batch_schedule = pipeline.BatchSchedule.from_config(config)
+    self.optimizer, self.schedule = optim.make_optimizer(
+        config.optim, config.total_steps, self.batch_schedule.stages,
+        config.train.batch_lr_scaling)
+    self.step_loss = gradients.StepLoss(
+        forward=lambda params, batch, rng: self.model.apply(
+            {"params": params}, batch, train=True, rngs={"dropout": rng}),
+        objectives=objectives_lib.weighted_loss(config, self.mesh),
+        mesh=self.mesh,
+        train_config=config.train,
+    )
     self.batch_sharding = parallel.batch_sharding(self.mesh)
     # Init traces outside `context()`: the sharding of the created params comes from
     # `state_shardings` (jit's out_shardings), and flax would otherwise also constrain
@@ -156,9 +187,7 @@ class Setup:
     )
     # Forward + backward ~ 3x the forward matmuls; models without a count get no MFU.
     flops = getattr(self.model, "flops_per_example", None)
-    self.train_flops_per_example = (
-        3 * flops(config.input.image_size, config.input.max_text_len, config.input.num_views)
-        if flops else 0.0)
+    self.train_flops_per_example = 3 * flops(config.input) if flops else 0.0
 
   @contextlib.contextmanager
   def context(self):
@@ -174,6 +203,7 @@ class Setup:
         params=params,
         opt_state=self.optimizer.init(params),
         nonfinite_step=jnp.full((), -1, jnp.int32),
+        rng=initial_rng(self.config.seed),
     )
 
   def init_state(self) -> TrainState:
@@ -181,6 +211,10 @@ class Setup:
     init = jax.jit(lambda rng: nn.meta.unbox(self._init_boxed(rng)),
                    out_shardings=self.state_shardings)
     return init(jax.random.key(self.config.seed))
+
+  def state_defaults(self) -> dict[str, jax.Array]:
+    """Values for train-state fields that checkpoints of older versions lack."""
+    return {"rng": jax.device_put(initial_rng(self.config.seed), self.state_shardings.rng)}
 
   def apply_fn(self) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
     """A jitted `(params, global batch) -> outputs` for evaluators (any subset of inputs)."""
@@ -200,42 +234,33 @@ class Setup:
 # The step.
 # --------------------------------------------------------------------------------------------
 def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """The pure step function: forward, weighted objectives, gradients, optimizer update."""
-  model, optimizer, ctx = setup.model, setup.optimizer, setup.objective_ctx
-  weighted_objectives = [
-      (objectives_lib.get_objective(name), float(weight))
-      for name, weight in setup.config.objectives.items()
-  ]
-
-  def loss_fn(params, batch):
-    outputs = model.apply({"params": params}, batch, train=True)
-    total, metrics = 0.0, {}
-    for objective, weight in weighted_objectives:
-      loss, terms = objective(outputs, batch, ctx)
-      total += weight * loss
-      metrics.update(terms)
-    return total, metrics
+  """The pure step function: the configured gradient strategy, then the optimizer update."""
+  strategy = gradients.get(setup.config.train.gradients)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    step = state.step + 1
-    first_nonfinite = (state.nonfinite_step < 0) & ~jnp.isfinite(loss)
-    metrics.update(
-        loss=loss,
-        grad_norm=optax.tree.norm(grads),
-        param_norm=optax.tree.norm(params),
-    )
-    new_state = TrainState(
-        step=step,
-        params=params,
-        opt_state=opt_state,
-        nonfinite_step=jnp.where(first_nonfinite, step, state.nonfinite_step),
-    )
-    return new_state, metrics
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    (loss, metrics), grads = strategy(setup.step_loss, state.params, batch, rng)
+    return apply_gradients(setup.optimizer, state, loss, metrics, grads)
 
   return train_step
+
+
+def apply_gradients(optimizer: optax.GradientTransformation, state: TrainState, loss,
+                    metrics: dict, grads) -> tuple[TrainState, dict]:
+  """The optimizer half of every step: update, count the step, note a non-finite loss."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step = state.step + 1
+  first_nonfinite = (state.nonfinite_step < 0) & ~jnp.isfinite(loss)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                 param_norm=optax.tree.norm(params))
+  new_state = state.replace(
+      step=step,
+      params=params,
+      opt_state=opt_state,
+      nonfinite_step=jnp.where(first_nonfinite, step, state.nonfinite_step),
+  )
+  return new_state, metrics
 
 
 def compile_train_step(setup: Setup, batch: Mapping[str, jax.Array]):
@@ -288,11 +313,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-  data_iterator = pipeline.make_train_iterator(config.input, seed=config.seed)
+  data = _TrainData(config, setup.batch_schedule)
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, keep=config.keep_checkpoints, keep_every=config.keep_checkpoints_every_steps
   )
-  state = _initial_state(setup, checkpointer, data_iterator)
+  state = _initial_state(setup, checkpointer, data)
   start_step = int(state.step)
   if start_step >= config.total_steps:
     logging.info("%s is already at step %d of %d; nothing to train.", workdir, start_step,
@@ -303,19 +328,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   )
   writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
 
-  timer = metrics_lib.StepTimer(config.input.batch_size)
+  timer = metrics_lib.StepTimer()
   progress = _Progress(start_step, config.total_steps, enabled=is_primary)
-  step_fn, last, preempted = None, {}, False
+  compiled_steps, last, preempted = {}, {}, False  # batch shapes -> compiled step
   final_step = min(config.stop_after_steps or config.total_steps, config.total_steps)
   with _stop_on_signals(checkpointer) as stop_requested:
     for step in range(start_step + 1, final_step + 1):
       with timer.data_wait():
-        batch = parallel.to_global(next(data_iterator), mesh)
-      if step_fn is None:
-        step_fn = compile_train_step(setup, batch)
-        timer.rates()  # compilation is not training time
-      state, step_metrics = step_fn(state, batch)
-      timer.step_done()
+        batch = parallel.to_global(next(data.iterator_for(step - 1)), mesh)
+      shapes = tuple(sorted((key, value.shape, value.dtype.name) for key, value in batch.items()))
+      if shapes not in compiled_steps:
+        with timer.paused():  # compilation is not training time
+          compiled_steps[shapes] = compile_train_step(setup, batch)
+        if len(compiled_steps) == 1:
+          timer.reset()  # nor is the first batch's wait, the input pipeline starting up
+      state, step_metrics = compiled_steps[shapes](state, batch)
+      timer.step_done(batch_size=batch["product_id"].shape[0])
 
       row = {}
       if step % config.log_every_steps == 0 or step == final_step:
@@ -327,7 +355,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                               jax.device_count(), config.peak_flops_per_device)
         if mfu is not None:
           row["perf/mfu"] = mfu
-        row.update(_skip_counts(data_iterator.stats))
+        row.update(_skip_counts(data.iterator.stats))
         progress.update(step, row)
       if evaluators and (_every(step, config.eval_every_steps) or step == config.total_steps):
         _check_finite(state)
@@ -341,14 +369,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       preempted = stop_requested(step) and step < final_step  # at the end it is just done
       if preempted or _every(step, config.checkpoint_every_steps) or step == final_step:
         _check_finite(state)  # never save a non-finite state
-        checkpointer.save(step, state, data_iterator, config)
+        checkpointer.save(step, state, data.iterator, config)
       if preempted:
         break
     checkpointer.wait()  # still shielded: a second signal must not cut the save short
 
   checkpointer.close()
   writer.close()
-  data_iterator.close()
+  data.close()
   progress.done()
   if preempted:
     raise Preempted(
@@ -356,6 +384,47 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         f"{checkpointer.directory}/{step}; run the same command again to continue from there."
     )
   return last
+
+
+class _TrainData:
+  """The training batches of a run whose batch size may change (`train.batch_schedule`):
+  one input pipeline per stage, each formed at its stage's first step where the previous
+  one stopped reading the example stream, with the skip counts carried over."""
+
+  def __init__(self, config: ml_collections.ConfigDict, schedule: pipeline.BatchSchedule):
+    self._config, self._schedule = config, schedule
+    self._stage = None
+    self.iterator: pipeline.SkipCountingIterator | None = None
+
+  def iterator_for(self, step: int) -> pipeline.SkipCountingIterator:
+    """The iterator whose next batch is the one of `step` (counted in steps completed)."""
+    stage = self._schedule.stage(step)
+    if stage != self._stage:
+      previous = self.iterator
+      self._form(stage)
+      if previous is not None:
+        self.iterator.add_skipped(previous.stats)
+        previous.close()
+    return self.iterator
+
+  def for_checkpoint_of(self, step: int) -> pipeline.SkipCountingIterator:
+    """A fresh iterator of the stage that wrote the data state of checkpoint `step` (the
+    stage of its last step), for the checkpoint to restore that state into."""
+    self.close()
+    self._form(self._schedule.stage(max(step - 1, 0)))
+    return self.iterator
+
+  def _form(self, stage: int) -> None:
+    start, batch_size = self._schedule.stages[stage]
+    self._stage = stage
+    self.iterator = pipeline.make_train_iterator(
+        self._config.input, seed=self._config.seed, global_batch_size=batch_size,
+        start_row=self._schedule.rows_before(start))
+
+  def close(self) -> None:
+    if self.iterator is not None:
+      self.iterator.close()
+    self.iterator, self._stage = None, None
 
 
 def _skip_counts(stats: Mapping[str, int]) -> dict[str, int]:
@@ -390,9 +459,10 @@ def _stop_on_signals(checkpointer: checkpoint_lib.Checkpointer):
       signal.signal(signum, handler)
 
 
-def _initial_state(setup: Setup, checkpointer, data_iterator) -> TrainState:
+def _initial_state(setup: Setup, checkpointer, data: _TrainData) -> TrainState:
   """Resume from the workdir's latest readable checkpoint, else init (+ `init_from`)."""
-  state = checkpointer.restore_latest(setup.abstract_state, data_iterator)
+  state = checkpointer.restore_latest(setup.abstract_state, data.for_checkpoint_of,
+                                      defaults=setup.state_defaults())
   if state is not None:
     logging.info("Resuming from %s/%d.", checkpointer.directory, int(state.step))
     return state

@@ -54,25 +54,52 @@ def _reference_loss(x, y, logit_scale, logit_bias, ids, kind):
   return 0.5 * (row_ce.mean() + col_ce.mean())
 
 
-def _reference_value_and_grad(x, y, logit_scale, logit_bias, ids, kind):
+def _reference_weighted_loss(x, y, logit_scale, logit_bias, ids, kind, weights):
+  """The row-weighted formulas on the rows of weight > 0 alone, which are then a plain
+  batch: no masks, so nothing here shares the implementations' masking."""
+  kept = np.flatnonzero(weights > 0)
+  x, y, w = x[kept], y[kept], jnp.asarray(weights[kept])
+  logits = logit_scale * x @ y.T + logit_bias
+  ids = jnp.asarray(kept if ids is None else ids[kept])
+  positives = (ids[:, None] == ids[None, :]).astype(logits.dtype)
+  if kind == "sigmoid":
+    signs = 2.0 * positives - 1.0
+    pair_weights = 0.5 * (w[:, None] + w[None, :])
+    return jnp.sum(pair_weights * jnp.log1p(jnp.exp(-signs * logits))) / jnp.sum(w)
+  targets = positives / positives.sum(axis=1, keepdims=True)
+  row_ce = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=1), axis=1)
+  col_ce = -jnp.sum(targets * jax.nn.log_softmax(logits.T, axis=1), axis=1)
+  return 0.5 * (jnp.sum(w * row_ce) + jnp.sum(w * col_ce)) / jnp.sum(w)
+
+
+def _reference_value_and_grad(x, y, logit_scale, logit_bias, ids, kind, weights=None):
   with jax.enable_x64(True):
     args = [np.asarray(a, np.float64) for a in (x, y, logit_scale, logit_bias)]
-    loss, grads = jax.value_and_grad(_reference_loss, argnums=(0, 1, 2, 3))(
-        *args, None if ids is None else jnp.asarray(ids), kind)
+    if weights is None:
+      loss_fn = functools.partial(_reference_loss, ids=None if ids is None else jnp.asarray(ids),
+                                  kind=kind)
+    else:
+      loss_fn = functools.partial(_reference_weighted_loss, ids=ids, kind=kind,
+                                  weights=np.asarray(weights, np.float64))
+    loss, grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3))(*args)
     return np.asarray(loss), [np.asarray(g) for g in grads]
 
 
 def _sharded_value_and_grad(mesh, kind, x, y, logit_scale, logit_bias, ids,
-                            impl="gather", tile=None):
+                            impl="gather", tile=None, weights=None):
   rows, replicated = NamedSharding(mesh, ROWS), NamedSharding(mesh, P())
   x, y = jax.device_put(x, rows), jax.device_put(y, rows)
   ids = None if ids is None else jax.device_put(ids, rows)
+  weights = None if weights is None else jax.device_put(weights, rows)
   logit_scale = jax.device_put(jnp.float32(logit_scale), replicated)
   logit_bias = jax.device_put(jnp.float32(logit_bias), replicated)
-  loss_fn = functools.partial(
-      contrastive.contrastive_loss, kind=kind, impl=impl, tile=tile, mesh=mesh)
+
+  def loss_fn(x, y, logit_scale, logit_bias):
+    return contrastive.contrastive_loss(x, y, logit_scale, logit_bias, ids, kind=kind,
+                                        impl=impl, tile=tile, mesh=mesh, row_weights=weights)
+
   loss, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3)))(
-      x, y, logit_scale, logit_bias, ids)
+      x, y, logit_scale, logit_bias)
   return np.asarray(loss), [np.asarray(g) for g in grads]
 
 
@@ -83,13 +110,15 @@ def _assert_close(actual, expected, rtol):
   np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
-def _check_against_reference(mesh_shape, impl, tile, kind, ids, batch=BATCH):
+def _check_against_reference(mesh_shape, impl, tile, kind, ids, batch=BATCH, weights=None):
   x, y = _embeddings(seed=0, batch=batch)
   logit_scale, logit_bias = 7.5, (-3.0 if kind == "sigmoid" else 0.5)
 
   loss, grads = _sharded_value_and_grad(
-      _mesh(mesh_shape), kind, x, y, logit_scale, logit_bias, ids, impl=impl, tile=tile)
-  ref_loss, ref_grads = _reference_value_and_grad(x, y, logit_scale, logit_bias, ids, kind)
+      _mesh(mesh_shape), kind, x, y, logit_scale, logit_bias, ids, impl=impl, tile=tile,
+      weights=weights)
+  ref_loss, ref_grads = _reference_value_and_grad(x, y, logit_scale, logit_bias, ids, kind,
+                                                  weights)
 
   assert loss.dtype == np.float32 and loss.shape == ()
   _assert_close(loss, ref_loss, rtol=1e-5)
@@ -125,6 +154,74 @@ def test_odd_sizes_match_float64_reference(impl, tile, kind):
   batch = 40
   _check_against_reference((4, 2, 1), impl, tile, kind, _duplicate_ids(seed=5, batch=batch),
                            batch=batch)
+
+
+def _row_weights(seed, batch=BATCH):
+  """Weights in [0.25, 2], with a quarter of the rows at 0, spread over the devices."""
+  rng = np.random.default_rng(seed)
+  weights = rng.uniform(0.25, 2.0, size=batch).astype(np.float32)
+  weights[rng.permutation(batch)[: batch // 4]] = 0.0
+  return weights
+
+
+@pytest.mark.parametrize("mesh_shape, impl, tile, kind, duplicates", _reference_cases())
+def test_row_weights_match_float64_reference(mesh_shape, impl, tile, kind, duplicates):
+  ids = _duplicate_ids(seed=1) if duplicates else None
+  _check_against_reference(mesh_shape, impl, tile, kind, ids, weights=_row_weights(seed=2))
+
+
+@pytest.mark.parametrize("kind", contrastive.KINDS)
+@pytest.mark.parametrize("impl, tile", [("gather", None), ("ring", None), ("tiled", 3)])
+def test_row_weights_at_odd_sizes_match_float64_reference(impl, tile, kind):
+  # 5 rows per device, tiles of 3 overlap; one device's rows all have weight 0, and some
+  # duplicate groups keep a single row of weight > 0 (its only positive is itself).
+  batch = 40
+  weights = _row_weights(seed=3, batch=batch)
+  weights[10:15] = 0.0
+  _check_against_reference((4, 2, 1), impl, tile, kind, _duplicate_ids(seed=5, batch=batch),
+                           batch=batch, weights=weights)
+
+
+@pytest.mark.parametrize("kind", contrastive.KINDS)
+@pytest.mark.parametrize("impl, tile", IMPLS)
+def test_unit_row_weights_equal_no_weights(impl, tile, kind):
+  mesh, x, y = _mesh((4, 2, 1)), *_embeddings(seed=4)
+  ids = _duplicate_ids(seed=1)
+  plain = _sharded_value_and_grad(mesh, kind, x, y, 7.5, -3.0, ids, impl=impl, tile=tile)
+  unit = _sharded_value_and_grad(mesh, kind, x, y, 7.5, -3.0, ids, impl=impl, tile=tile,
+                                 weights=np.ones(BATCH, np.float32))
+  _assert_close(unit[0], plain[0], rtol=1e-6)
+  for unit_grad, plain_grad in zip(unit[1], plain[1]):
+    _assert_close(unit_grad, plain_grad, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", contrastive.KINDS)
+@pytest.mark.parametrize("impl, tile", IMPLS)
+def test_all_zero_row_weights_give_zero_loss_and_gradients(impl, tile, kind):
+  x, y = _embeddings(seed=0)
+  loss, grads = _sharded_value_and_grad(
+      _mesh((2, 2, 2)), kind, x, y, 7.5, -3.0, _duplicate_ids(seed=1), impl=impl, tile=tile,
+      weights=np.zeros(BATCH, np.float32))
+  assert loss == 0.0
+  for grad in grads:
+    assert np.all(grad == 0.0)  # NaN compares unequal: this also rules it out
+
+
+@pytest.mark.parametrize("impl, tile", IMPLS)
+def test_weighted_accuracy_counts_weighted_rows_against_weighted_candidates(impl, tile):
+  mesh = _mesh((2, 2, 2))
+  x, y = _embeddings(seed=6)
+  ids, weights = _duplicate_ids(seed=7), _row_weights(seed=8)
+  rows = NamedSharding(mesh, ROWS)
+  _, accuracy = jax.jit(functools.partial(
+      contrastive.contrastive_loss_and_accuracy, impl=impl, tile=tile, mesh=mesh))(
+          jax.device_put(x, rows), jax.device_put(y, rows), 7.5, None,
+          jax.device_put(ids, rows), row_weights=jax.device_put(weights, rows))
+  kept = weights > 0
+  scores = np.where(kept[None, :], x @ y.T, -np.inf)
+  hits = ids[np.argmax(scores, axis=1)] == ids
+  np.testing.assert_allclose(accuracy, np.sum(weights * hits * kept) / np.sum(weights),
+                             rtol=1e-6)
 
 
 def test_duplicate_ids_change_the_loss():
@@ -216,7 +313,7 @@ def test_clip_objective_catalog_positives(impl, kind):
   expected = jax.jit(functools.partial(contrastive.contrastive_loss, kind=kind, mesh=mesh))(
       outputs["image_emb"], outputs["text_emb"], 7.5, -3.0, batch["catalog_id"])
   np.testing.assert_allclose(loss, expected, rtol=1e-5)  # gather's, up to summation order
-  expected_keys = {"contrastive_loss", "logit_scale", "i2t_acc"}
+  expected_keys = {"logit_scale", "i2t_acc"}
   if kind == "sigmoid":
     expected_keys.add("logit_bias")
   assert set(metrics) == expected_keys

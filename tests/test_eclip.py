@@ -17,7 +17,7 @@ from eclip_jax import objectives, parallel, trainer
 from eclip_jax.evals import grounding, product_retrieval
 from eclip_jax.models import eclip, instance_decoder
 from eclip_jax.objectives import eclip as eclip_objectives
-from tests.test_trainer import _steps
+from tests.helpers import run_steps
 
 DECODER = {"num_queries": 4, "depth": 2, "num_heads": 2, "mlp_dim": 32}
 
@@ -233,9 +233,10 @@ def test_each_objective_term_equals_float64_reference(impl, selection):
   # The reference reads `instance_emb`; the objectives, the selection's embedding.
   outputs[eclip_objectives.SELECTIONS[selection]] = outputs.pop("instance_emb")
   loss_config = ml_collections.ConfigDict({"kind": "softmax", "impl": impl,
-                                           "positives": "catalog", "tile": 1,
-                                           "instance_selection": selection})
-  ctx = objectives.ObjectiveContext(mesh=mesh, loss_config=loss_config)
+                                           "positives": "catalog", "tile": 1})
+  ctx = objectives.ObjectiveContext(
+      mesh=mesh, loss_config=loss_config,
+      method_config=ml_collections.ConfigDict({"instance_selection": selection}))
   expected = _reference_terms({**outputs, "instance_emb": outputs[
       eclip_objectives.SELECTIONS[selection]]}, np.asarray(batch["catalog_id"]))
   for name, value in expected.items():
@@ -249,8 +250,10 @@ def test_consistency_needs_two_views():
   mesh = parallel.make_mesh({"data": 8})
   outputs, batch = _objective_inputs(mesh)
   outputs["instance_emb_img"] = outputs["instance_emb"][:, 0]
-  ctx = objectives.ObjectiveContext(mesh=mesh, loss_config=ml_collections.ConfigDict(
-      {"kind": "softmax", "impl": "gather", "positives": "catalog"}))
+  ctx = objectives.ObjectiveContext(
+      mesh=mesh, loss_config=ml_collections.ConfigDict(
+          {"kind": "softmax", "impl": "gather", "positives": "catalog"}),
+      method_config=ml_collections.ConfigDict({"instance_selection": "image"}))
   with pytest.raises(ValueError, match="num_views=2"):
     eclip_objectives.instance_consistency_objective(outputs, batch, ctx)
 
@@ -271,8 +274,8 @@ def test_eclip_sharded_steps_equal_single_device():
       "product_id": np.arange(16, dtype=np.int32),
       "catalog_id": (rng.permutation(16) // 2).astype(np.int32),
   } for _ in range(2)]
-  losses_1, params_1 = _steps(config, single, state, batches)
-  losses_8, params_8 = _steps(config, parallel.make_mesh({"data": 4, "fsdp": 2}), state, batches)
+  losses_1, params_1 = run_steps(config, single, state, batches)
+  losses_8, params_8 = run_steps(config, parallel.make_mesh({"data": 4, "fsdp": 2}), state, batches)
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                params_8, params_1)

@@ -12,6 +12,7 @@ from eclip_jax import evals
 from eclip_jax import parallel
 from eclip_jax.data import pipeline
 from eclip_jax.evals import classification
+from eclip_jax.evals import common
 from eclip_jax.evals import retrieval
 
 
@@ -53,7 +54,7 @@ def _random_case(seed, num, num_ids, ties):
 def test_retrieval_metrics_match_brute_force(num_ids, ties):
   image, text, ids = _random_case(seed=num_ids, num=60, num_ids=num_ids, ties=ties)
   metrics = retrieval.retrieval_metrics(image, text, ids)
-  for k in retrieval.KS:
+  for k in common.KS:
     assert metrics[f"i2t_r{k}"] == _reference_hit_at(image, text, ids, ids, k), k
     assert metrics[f"t2i_r{k}"] == _reference_hit_at(text, image, ids, ids, k), k
   positives_per_query = [(ids == i).sum() for i in ids]
@@ -64,7 +65,7 @@ def test_retrieval_metrics_match_brute_force(num_ids, ties):
 def test_ranks_are_the_same_computed_in_blocks(monkeypatch):
   image, text, ids = _random_case(seed=0, num=37, num_ids=20, ties=True)
   whole = retrieval.first_positive_ranks(image, text, ids, ids)
-  monkeypatch.setattr(retrieval, "_MAX_BLOCK_SCORES", 5 * 37)  # 8 blocks, the last ragged
+  monkeypatch.setattr(common, "MAX_BLOCK_SCORES", 5 * 37)  # 8 blocks, the last ragged
   np.testing.assert_array_equal(retrieval.first_positive_ranks(image, text, ids, ids), whole)
 
 
@@ -153,7 +154,7 @@ def test_retrieval_oracle_is_perfect_and_counts_every_example_once(
   evaluator = _oracle_retrieval(
       mesh, tiny_input_config, "product_id", positives=positives, batch_size=batch_size)
   metrics = evaluator.run(params={})
-  for k in retrieval.KS:
+  for k in common.KS:
     assert metrics[f"i2t_r{k}"] == metrics[f"t2i_r{k}"] == 1.0
   assert metrics["num_examples"] == 30 and metrics["num_skipped"] == 0
   assert set(evaluator.data.apply_fn.batch_sizes) == {batch_size}  # global batches
@@ -194,7 +195,7 @@ def test_retrieval_of_a_random_model_is_at_chance(mesh, tiny_input_config):
   metrics = evaluator.run(params={})
   num = metrics["num_examples"]
   assert num == 191 and metrics["chance_r1"] == pytest.approx(1 / num)
-  for k in retrieval.KS:  # hits ~ Binomial(num, k / num)
+  for k in common.KS:  # hits ~ Binomial(num, k / num)
     expected = k / num
     tolerance = 4 * np.sqrt(expected * (1 - expected) / num)
     for direction in ("i2t", "t2i"):
@@ -305,7 +306,7 @@ def test_zeroshot_classification_scores_the_most_similar_class(mesh, tiny_input_
     ({"type": "retrieval", "modalities": ("image",)},
      "config.evals.under_test.modalities is neither a field of retrieval evaluators"),
     ({"type": "retrieval", "positives": "sku"},
-     "config.evals.under_test.positives='sku' is unknown; choose one of ['catalog', 'pair']"),
+     "config.evals.under_test.positives='sku' is unknown; choose one of ['catalog', 'pair', 'product']"),
     ({"type": "retrieval", "split": "dev"},
      "config.evals.under_test.split='dev' is not a split of toyshop/tiny; choose one of "
      "['test', 'train', 'validation']"),

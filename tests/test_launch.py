@@ -3,7 +3,6 @@ sweep specs expand deterministically into readable runs; a 2x2 sweep runs and ta
 
 import json
 import os
-import pathlib
 import shlex
 import shutil
 import subprocess
@@ -12,17 +11,14 @@ import sys
 import pytest
 
 from eclip_jax import metrics as metrics_lib
+from tests.helpers import REPO, TINY_FLAGS
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "launch"))
 import sweep  # noqa: E402  (launch/ is scripts, not a package)
 
 SCRIPTS = sorted(str(path.relative_to(REPO)) for pattern in ("*.sh", "*.sbatch")
                  for path in (REPO / "launch").glob(pattern))
-# The overrides that make a run take seconds (as in test_trainer._run_binary).
-TINY = ["--config.input.vocab_size=1000", "--config.input.image_size=32",
-        "--config.input.batch_size=16", "--config.input.max_text_len=16",
-        "--config.model.embed_dim=32", "--config.total_steps=4"]
+TINY = [*TINY_FLAGS, "--config.total_steps=4"]
 
 
 def _shell(command, env=None, check=True):

@@ -398,4 +398,6 @@ def test_analytic_flops_match_xla_cost_analysis():
   params = jax.eval_shape(model.init, jax.random.key(0), batch)
   compiled = jax.jit(model.apply).lower(params, batch).compile()
   xla_flops = compiled.cost_analysis()["flops"] / 4
-  assert model.flops_per_example(64, 16) == pytest.approx(xla_flops, rel=0.1)
+  input_config = ml_collections.ConfigDict(
+      {"modalities": ("image", "text"), "image_size": 64, "max_text_len": 16, "num_views": 1})
+  assert model.flops_per_example(input_config) == pytest.approx(xla_flops, rel=0.1)

@@ -4,10 +4,7 @@ ends the run; the local launcher's commands and exit codes (its shellcheck is in
 test_launch.py, with the other scripts')."""
 
 import os
-import pathlib
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,75 +14,11 @@ import numpy as np
 import pytest
 
 from eclip_jax import checkpoint as checkpoint_lib
-from eclip_jax import metrics as metrics_lib
-from tests.test_trainer import _config, _cpu_env, _final_params, _repo_root
+from tests.helpers import (EXIT_PREEMPTED, REPO, binary_args, binary_command, final_params,
+                           finish, logged_steps, losses, process_commands, start, subprocess_env,
+                           tiny_config, wait_until)
 
-LAUNCHER = pathlib.Path(_repo_root()) / "launch" / "local_multiprocess.sh"
-# Every run here shares total_steps (the learning-rate schedule is compiled into the step),
-# so the compilation cache serves all of them.
-RUN_FLAGS = ("--config.total_steps=1000", "--config.log_every_steps=1")
-EXIT_PREEMPTED = 75
-
-
-# --- Helpers for running the binary in subprocesses (test_resilience uses them too). ------
-def binary_args(workdir, data_dir, *flags) -> list[str]:
-  """The binary's flags for a tiny run (the settings `test_trainer._config` describes)."""
-  return ["--config=configs/clip.py:tiny,runlocal", f"--workdir={workdir}",
-          f"--config.input.data_dir={data_dir}", "--config.input.vocab_size=1000",
-          "--config.input.image_size=32", "--config.input.batch_size=16",
-          "--config.input.max_text_len=16", "--config.model.embed_dim=32", *RUN_FLAGS, *flags]
-
-
-def binary_command(*args, **kwargs) -> list[str]:
-  return [sys.executable, "-m", "eclip_jax.main", *binary_args(*args, **kwargs)]
-
-
-def cpu_env(compilation_cache_env, devices: int = 8, **extra) -> dict[str, str]:
-  return {**_cpu_env(), **compilation_cache_env,
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
-
-
-def start(command, env, log_path) -> subprocess.Popen:
-  """Starts `command` in the repo with stdout and stderr going to `log_path`."""
-  with open(log_path, "w") as log:
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=_repo_root())
-
-
-def finish(process: subprocess.Popen, log_path, timeout=300) -> tuple[int, str]:
-  code = process.wait(timeout=timeout)
-  return code, pathlib.Path(log_path).read_text()
-
-
-def wait_until(condition, process: subprocess.Popen, timeout=300, poll=0.05) -> None:
-  """Polls `condition()` until true; fails if `process` exits first or time runs out."""
-  deadline = time.monotonic() + timeout
-  while not condition():
-    assert process.poll() is None, f"the process exited ({process.returncode}) too early"
-    assert time.monotonic() < deadline, "timed out"
-    time.sleep(poll)
-
-
-def logged_steps(log_path) -> list[int]:
-  """The steps of the progress lines process 0 printed ("step 3/1000 | loss ...")."""
-  return [int(s) for s in re.findall(r"^step (\d+)/", pathlib.Path(log_path).read_text(), re.M)]
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def process_commands(workdir, data_dir, *flags, num_processes=2) -> list[list[str]]:
-  port = free_port()
-  return [binary_command(workdir, data_dir, *flags, f"--coordinator_address=127.0.0.1:{port}",
-                         f"--num_processes={num_processes}", f"--process_id={i}")
-          for i in range(num_processes)]
-
-
-def losses(workdir) -> list[float]:
-  return [row["train/loss"] for row in metrics_lib.read_metrics(workdir)]
+LAUNCHER = REPO / "launch" / "local_multiprocess.sh"
 
 
 # --- Tests. -------------------------------------------------------------------------------
@@ -95,10 +28,10 @@ def test_two_processes_train_like_one(toyshop_tiny, tmp_path, compilation_cache_
   and the checkpoint both processes wrote restores in this one process."""
   data_dir = toyshop_tiny[0]
   flags = ("--config.stop_after_steps=5", "--config.checkpoint_every_steps=5")
-  env = cpu_env(compilation_cache_env, N="2", DEVICES="4", PYTHON=sys.executable)
+  env = subprocess_env(compilation_cache_env, N="2", DEVICES="4", PYTHON=sys.executable)
   two = start([str(LAUNCHER), *binary_args(tmp_path / "two", data_dir, *flags)], env,
               tmp_path / "two.log")
-  one = start(binary_command(tmp_path / "one", data_dir, *flags), cpu_env(compilation_cache_env),
+  one = start(binary_command(tmp_path / "one", data_dir, *flags), subprocess_env(compilation_cache_env),
               tmp_path / "one.log")
   for process, log in ((one, "one.log"), (two, "two.log")):
     code, output = finish(process, tmp_path / log)
@@ -110,10 +43,10 @@ def test_two_processes_train_like_one(toyshop_tiny, tmp_path, compilation_cache_
   assert checkpoint_lib.Checkpointer(tmp_path / "two").all_steps() == [5]
   assert sorted(p.name for p in (two_checkpoints / "5" / "data").glob("*.json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
-  config = _config(data_dir)
+  config = tiny_config(data_dir)
   # Adam turns reduction-order noise into ~1e-6 differences (see test_trainer).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               _final_params(tmp_path / "two", config), _final_params(tmp_path / "one", config))
+               final_params(tmp_path / "two", config), final_params(tmp_path / "one", config))
 
 
 @pytest.mark.slow
@@ -121,7 +54,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step(toyshop_tiny, tmp_path,
                                                       compilation_cache_env):
   commands = process_commands(tmp_path / "run", toyshop_tiny[0], "--config.stop_after_steps=200",
                               "--config.checkpoint_every_steps=0")
-  env = cpu_env(compilation_cache_env, devices=4)
+  env = subprocess_env(compilation_cache_env, devices=4)
   logs = [tmp_path / f"process_{i}.log" for i in range(2)]
   processes = [start(command, env, log) for command, log in zip(commands, logs)]
   wait_until(lambda: 2 in logged_steps(logs[0]), processes[0])
@@ -145,7 +78,7 @@ def test_a_dead_process_ends_the_other(toyshop_tiny, tmp_path, compilation_cache
   victim, survivor = 1, 0
   commands = process_commands(tmp_path / "run", toyshop_tiny[0],
                               "--config.stop_after_steps=1000", "--config.checkpoint_every_steps=0")
-  env = cpu_env(compilation_cache_env, devices=4)
+  env = subprocess_env(compilation_cache_env, devices=4)
   logs = [tmp_path / f"process_{i}.log" for i in range(2)]
   processes = [start(command, env, log) for command, log in zip(commands, logs)]
   wait_until(lambda: 3 in logged_steps(logs[0]), processes[0])

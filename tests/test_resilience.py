@@ -17,9 +17,8 @@ import pytest
 
 from eclip_jax import checkpoint as checkpoint_lib
 from eclip_jax import trainer
-from tests.test_multihost import (EXIT_PREEMPTED, binary_command, cpu_env, finish, logged_steps,
-                                  losses, start, wait_until)
-from tests.test_trainer import _config, _final_params
+from tests.helpers import (EXIT_PREEMPTED, binary_command, final_params, finish, logged_steps,
+                           losses, start, subprocess_env, tiny_config, wait_until)
 
 STEPS = 10
 FLAGS = (f"--config.stop_after_steps={STEPS}", "--config.checkpoint_every_steps=2")
@@ -31,7 +30,7 @@ def reference(toyshop_tiny, tmp_path_factory, compilation_cache_env):
   workdir = tmp_path_factory.mktemp("reference")
   log = workdir.parent / "reference.log"
   code, output = finish(start(binary_command(workdir, toyshop_tiny[0], *FLAGS),
-                              cpu_env(compilation_cache_env), log), log)
+                              subprocess_env(compilation_cache_env), log), log)
   assert code == 0, output[-3000:]
   return workdir
 
@@ -54,9 +53,9 @@ def _resumed_from(output: str) -> int | None:
 
 
 def _assert_same_as(workdir, reference, data_dir) -> None:
-  config = _config(data_dir)
-  jax.tree.map(np.testing.assert_array_equal, _final_params(workdir, config),
-               _final_params(reference, config))
+  config = tiny_config(data_dir)
+  jax.tree.map(np.testing.assert_array_equal, final_params(workdir, config),
+               final_params(reference, config))
   assert losses(workdir) == losses(reference) and len(losses(workdir)) == STEPS
 
 
@@ -68,7 +67,7 @@ def test_sigkill_anywhere_then_resume_is_exact(reference, toyshop_tiny, tmp_path
   complete checkpoint, and the run ends as if never interrupted."""
   rng = random.Random(0)
   workdir = tmp_path / "run"
-  command, env = binary_command(workdir, toyshop_tiny[0], *FLAGS), cpu_env(compilation_cache_env)
+  command, env = binary_command(workdir, toyshop_tiny[0], *FLAGS), subprocess_env(compilation_cache_env)
   resume_step = None
   for attempt, kill_point in enumerate(("random step", "async write", "random time")):
     log = tmp_path / f"attempt_{attempt}.log"
@@ -102,7 +101,7 @@ def test_sigkill_anywhere_then_resume_is_exact(reference, toyshop_tiny, tmp_path
 def test_sigterm_saves_and_a_rerun_continues(reference, toyshop_tiny, tmp_path,
                                              compilation_cache_env):
   workdir = tmp_path / "run"
-  command, env = binary_command(workdir, toyshop_tiny[0], *FLAGS), cpu_env(compilation_cache_env)
+  command, env = binary_command(workdir, toyshop_tiny[0], *FLAGS), subprocess_env(compilation_cache_env)
   first, second = tmp_path / "first.log", tmp_path / "second.log"
   process = start(command, env, first)
   wait_until(lambda: 3 in logged_steps(first), process)
@@ -134,7 +133,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(reference, toysh
 
   log = tmp_path / "run.log"
   code, output = finish(start(binary_command(workdir, toyshop_tiny[0], *FLAGS),
-                              cpu_env(compilation_cache_env), log), log)
+                              subprocess_env(compilation_cache_env), log), log)
   assert code == 0, output[-3000:]
   assert re.search(rf"^W.*Checkpoint\(s\) \[{latest}\] in \S+ do not restore \(.+\); restored "
                    rf"step {previous} instead", output, re.M), output[-3000:]
@@ -151,9 +150,9 @@ def test_deleted_file_falls_back_but_a_changed_config_renames_nothing(reference,
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
   (workdir / checkpoint_lib.CHECKPOINT_DIR / "10" / "state" / "_METADATA").unlink()
-  config = _config(toyshop_tiny[0])
+  config = tiny_config(toyshop_tiny[0])
 
-  other_model = _config(toyshop_tiny[0], **{"model.embed_dim": 16})
+  other_model = tiny_config(toyshop_tiny[0], **{"model.embed_dim": 16})
   checkpointer = checkpoint_lib.Checkpointer(workdir)
   with pytest.raises(Exception):  # every step fails alike: no corruption, nothing renamed
     checkpointer.restore_latest(trainer.Setup(other_model).abstract_state)

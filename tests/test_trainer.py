@@ -2,77 +2,27 @@
 init_from, misconfiguration errors, non-finite loss."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import clip
 from eclip_jax import checkpoint as checkpoint_lib
 from eclip_jax import metrics as metrics_lib
 from eclip_jax import parallel, trainer
-
-
-def _config(data_dir=None, **overrides):
-  config = clip.get_config("tiny,runlocal")
-  config.model.image.variant = "tiny"
-  config.input.image_size = 32
-  config.input.max_text_len = 16
-  config.input.vocab_size = 1000
-  config.input.batch_size = 16
-  config.model.embed_dim = 32
-  if data_dir is not None:
-    config.input.data_dir = data_dir
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
-
-
-def _random_batch(config, rng=0):
-  rng = np.random.default_rng(rng)
-  b, size, length = config.input.batch_size, config.input.image_size, config.input.max_text_len
-  lengths = rng.integers(3, length + 1, size=b)
-  mask = np.arange(length)[None] < lengths[:, None]
-  catalog = rng.permutation(b) // 2  # pairs of duplicate listings
-  return {
-      "image": rng.normal(size=(b, size, size, 3)).astype(np.float32),
-      "text_tokens": np.where(mask, rng.integers(4, 900, size=(b, length)), 0).astype(np.int32),
-      "text_mask": mask,
-      "product_id": np.arange(b, dtype=np.int32),
-      "catalog_id": catalog.astype(np.int32),
-  }
-
-
-def _steps(config, mesh, state_host, batches):
-  """Runs the compiled step from `state_host` (numpy) on `mesh`; returns losses and params."""
-  setup = trainer.Setup(config, mesh)
-  state = jax.device_put(state_host, setup.state_shardings)
-  losses = []
-  step_fn = None
-  for batch in batches:
-    batch = parallel.to_global(batch, mesh)
-    step_fn = step_fn or trainer.compile_train_step(setup, batch)
-    state, metrics = step_fn(state, batch)
-    losses.append(float(metrics["loss"]))
-  return losses, jax.device_get(state.params)
+from tests.helpers import final_params, random_batch, run_binary, run_steps, tiny_config
 
 
 @pytest.mark.parametrize("mesh_config", [{"data": 8}, {"data": 4, "fsdp": 2},
                                          {"data": 2, "fsdp": 2, "tensor": 2}])
 def test_sharded_steps_equal_single_device(mesh_config):
-  config = _config(**{"loss.positives": "catalog"})
+  config = tiny_config(**{"loss.positives": "catalog"})
   single = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
   state = jax.device_get(trainer.Setup(config, single).init_state())
-  batches = [_random_batch(config, rng=i) for i in range(2)]
-  losses_1, params_1 = _steps(config, single, state, batches)
-  losses_8, params_8 = _steps(config, parallel.make_mesh(mesh_config), state, batches)
+  batches = [random_batch(config, rng=i) for i in range(2)]
+  losses_1, params_1 = run_steps(config, single, state, batches)
+  losses_8, params_8 = run_steps(config, parallel.make_mesh(mesh_config), state, batches)
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
   # Adam divides by sqrt(v): entries with near-zero gradients turn reduction-order noise into
   # ~1e-6 absolute differences, far below the ~1e-3 size of an update.
@@ -82,7 +32,7 @@ def test_sharded_steps_equal_single_device(mesh_config):
 
 
 def test_init_is_sharded_by_the_rules():
-  config = _config()
+  config = tiny_config()
   config.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
   setup = trainer.Setup(config)
   state = setup.init_state()
@@ -92,58 +42,26 @@ def test_init_is_sharded_by_the_rules():
   assert kernel.addressable_shards[0].data.size == kernel.size // 4
 
 
-def _run_binary(workdir, data_dir, *flags, check=True):
-  command = [sys.executable, "-m", "eclip_jax.main", "--config=configs/clip.py:tiny,runlocal",
-             f"--workdir={workdir}", f"--config.input.data_dir={data_dir}",
-             "--config.input.vocab_size=1000", "--config.input.image_size=32",
-             "--config.input.batch_size=16", "--config.input.max_text_len=16",
-             "--config.model.embed_dim=32", *flags]
-  result = subprocess.run(command, capture_output=True, text=True, cwd=_repo_root(),
-                          env=_cpu_env(), timeout=600)
-  if check and result.returncode:
-    raise AssertionError(result.stderr[-3000:])
-  return result
-
-
-def _repo_root():
-  import pathlib  # pylint: disable=g-import-not-at-top
-  return str(pathlib.Path(__file__).resolve().parents[1])
-
-
-def _cpu_env():
-  import os  # pylint: disable=g-import-not-at-top
-  return {**os.environ, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-
-
-def _final_params(workdir, config):
-  setup = trainer.Setup(config)
-  checkpointer = checkpoint_lib.Checkpointer(workdir)
-  state = checkpointer.restore(checkpointer.latest_step(), setup.abstract_state)
-  checkpointer.close()
-  return jax.device_get(state.params)
-
-
 @pytest.mark.slow
 def test_resume_is_exact(toyshop_tiny, tmp_path):
   """6 steps straight == 3 steps, a new process, 3 more: bitwise params, equal losses."""
   data_dir = toyshop_tiny[0]
   common = ["--config.total_steps=6", "--config.log_every_steps=1",
             "--config.checkpoint_every_steps=3"]
-  _run_binary(tmp_path / "straight", data_dir, *common)
-  _run_binary(tmp_path / "resumed", data_dir, *common, "--config.stop_after_steps=3")
+  run_binary(tmp_path / "straight", data_dir, *common)
+  run_binary(tmp_path / "resumed", data_dir, *common, "--config.stop_after_steps=3")
   assert checkpoint_lib.Checkpointer(tmp_path / "resumed").all_steps() == [3]
-  _run_binary(tmp_path / "resumed", data_dir, *common)
+  run_binary(tmp_path / "resumed", data_dir, *common)
 
-  config = _config(toyshop_tiny[0])
-  straight, resumed = (_final_params(tmp_path / name, config) for name in ("straight", "resumed"))
+  config = tiny_config(toyshop_tiny[0])
+  straight, resumed = (final_params(tmp_path / name, config) for name in ("straight", "resumed"))
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)
   loss = lambda name: [r["train/loss"] for r in metrics_lib.read_metrics(tmp_path / name)]  # noqa: E731
   assert loss("straight") == loss("resumed") and len(loss("straight")) == 6
 
 
 def test_checkpoint_restores_on_other_meshes(tmp_path, monkeypatch):
-  config = _config()
+  config = tiny_config()
   setup_8 = trainer.Setup(config, parallel.make_mesh({"data": 4, "fsdp": 2}))
   state = setup_8.init_state()
   monkeypatch.chdir(tmp_path)  # a relative workdir, as `make demo` passes
@@ -162,7 +80,7 @@ def test_checkpoint_restores_on_other_meshes(tmp_path, monkeypatch):
 
 
 def test_init_from_loads_only_matching_params(tmp_path):
-  config = _config()
+  config = tiny_config()
   source = trainer.Setup(config).init_state()
   checkpointer = checkpoint_lib.Checkpointer(tmp_path / "pretrained")
   checkpointer.save(7, source, None, config)
@@ -184,27 +102,27 @@ def test_init_from_loads_only_matching_params(tmp_path):
 
 # --- Misconfiguration: one sentence, before compiling. ---------------------------------------
 def test_batch_not_divisible_by_data_parallel_size(toyshop_tiny):
-  config = _config(toyshop_tiny[0], **{"input.batch_size": 12})
+  config = tiny_config(toyshop_tiny[0], **{"input.batch_size": 12})
   with pytest.raises(ValueError, match=r"config.input.batch_size=12 is not divisible by the "
                                        r"data-parallel size 8"):
     trainer.validate_config(config, parallel.make_mesh({"data": 8}))
 
 
 def test_unknown_config_field_in_a_file(toyshop_tiny):
-  config = _config(toyshop_tiny[0])
+  config = tiny_config(toyshop_tiny[0])
   config.optim.lrr = 3.0
   with pytest.raises(ValueError, match=r"config.optim.lrr is not a known config field"):
     trainer.validate_config(config, parallel.make_mesh({"data": 8}))
 
 
 def test_unknown_loss_impl(toyshop_tiny):
-  config = _config(toyshop_tiny[0], **{"loss.impl": "allreduce"})
+  config = tiny_config(toyshop_tiny[0], **{"loss.impl": "allreduce"})
   with pytest.raises(ValueError, match=r"config.loss.impl='allreduce' is unknown"):
     trainer.validate_config(config, parallel.make_mesh({"data": 8}))
 
 
 def test_unknown_config_override_on_the_command_line(tmp_path):
-  result = _run_binary(tmp_path, "unused", "--config.optim.lrr=3", check=False)
+  result = run_binary(tmp_path, "unused", "--config.optim.lrr=3", check=False)
   assert result.returncode != 0
   assert ("FATAL: config.optim.lrr is not a known config field (did you mean config.optim.lr?)."
           in result.stderr)
@@ -213,8 +131,8 @@ def test_unknown_config_override_on_the_command_line(tmp_path):
 def test_missing_dataset_and_tokenizer(toyshop_tiny, tmp_path):
   mesh = parallel.make_mesh({"data": 8})
   with pytest.raises(FileNotFoundError, match=r"input.dataset='toyshop/tiny' is not built"):
-    trainer.validate_config(_config(str(tmp_path)), mesh)
-  config = _config(toyshop_tiny[0], **{"input.vocab_size": 123})
+    trainer.validate_config(tiny_config(str(tmp_path)), mesh)
+  config = tiny_config(toyshop_tiny[0], **{"input.vocab_size": 123})
   with pytest.raises(FileNotFoundError, match=r"the tokenizer .*spm_unigram_123.model does not "
                                               r"exist; set config.input.tokenizer"):
     trainer.validate_config(config, mesh)
@@ -226,7 +144,7 @@ def test_mesh_that_does_not_fit():
 
 
 def test_non_finite_loss_stops_without_saving(toyshop_tiny, tmp_path):
-  config = _config(toyshop_tiny[0], **{"optim.lr": 1e30, "optim.warmup_steps": 0,
+  config = tiny_config(toyshop_tiny[0], **{"optim.lr": 1e30, "optim.warmup_steps": 0,
                                        "optim.grad_clip": 0.0, "total_steps": 6,
                                        "log_every_steps": 1, "checkpoint_every_steps": 2})
   config.evals = {}
@@ -241,7 +159,7 @@ def test_non_finite_loss_stops_without_saving(toyshop_tiny, tmp_path):
 
 def test_training_run_writes_the_contract_outputs(toyshop_tiny, tmp_path):
   """A short run on toyshop/tiny: loss goes down, metrics.jsonl and eval_results.json keys."""
-  config = _config(toyshop_tiny[0], **{"total_steps": 30, "log_every_steps": 10,
+  config = tiny_config(toyshop_tiny[0], **{"total_steps": 30, "log_every_steps": 10,
                                        "optim.lr": 3e-3, "optim.warmup_steps": 5,
                                        "checkpoint_every_steps": 30})
   trainer.train(config, str(tmp_path))
@@ -249,7 +167,8 @@ def test_training_run_writes_the_contract_outputs(toyshop_tiny, tmp_path):
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [10, 20, 30]
   assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
-  for key in ("train/lr", "train/grad_norm", "train/param_norm", "train/logit_scale",
+  for key in ("train/lr", "train/grad_norm", "train/param_norm", "train/clip/loss",
+              "train/clip/logit_scale", "train/clip/i2t_acc",
               "perf/steps_per_sec", "perf/examples_per_sec", "perf/data_wait_frac"):
     assert key in train_rows[-1], key
   assert any("eval/retrieval/i2t_r1" in r for r in rows)
@@ -266,4 +185,11 @@ def test_training_run_writes_the_contract_outputs(toyshop_tiny, tmp_path):
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(exported / "params", setup.abstract_state.params)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
-               _final_params(tmp_path, config))
+               final_params(tmp_path, config))
+
+
+def test_a_moved_config_override_names_its_new_home(tmp_path):
+  result = run_binary(tmp_path, "unused", "--config.loss.instance_selection=text", check=False)
+  assert result.returncode != 0
+  assert ("FATAL: config.loss.instance_selection moved to config.eclip.instance_selection; set "
+          "that instead." in result.stderr)

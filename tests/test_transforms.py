@@ -150,7 +150,7 @@ def test_two_views_are_two_different_images_of_the_product(tokenizer):
 
 def test_example_keys_values_and_absent_modalities(tokenizer):
   transform = transforms.ExampleTransform(
-      tokenizer, modalities=transforms.MODALITIES, image_size=16, audio_samples=100,
+      tokenizer, modalities=tuple(transforms.MODALITIES), image_size=16, audio_samples=100,
       video_frames=4, video_size=8,
   )
   record = _record([_encode(_solid((0, 255, 0)), "PNG")], title="  RED Mug ",

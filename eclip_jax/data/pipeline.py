@@ -9,7 +9,10 @@ Training (`make_train_iterator`):
 
 The iterator is a `grain.DatasetIterator`: `get_state()`/`set_state()` round-trip, and the
 skip counts are part of the state, so a restored run reports the same totals. Resuming
-requires the same `input.num_workers` (Grain slices the stream per worker).
+requires the same `input.num_workers` (Grain slices the stream per worker). A batch-size
+schedule (`BatchSchedule`) forms one iterator per stage, each starting at the stream row
+where the stages before it stopped, so the example stream is the same whatever the batch
+sizes. `example_spec` describes an example's keys, shapes and dtypes without reading data.
 
 Evaluation (`make_eval_iterator`) walks a split once, in order: every example exactly once
 over all processes, padded to full, equally many batches per process, with `_valid` false
@@ -18,8 +21,10 @@ on padding rows and on records that had to be skipped.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -117,14 +122,16 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str, fields: Sequence[s
 
 
 def make_transform(
-    input_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+    input_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder | None
 ) -> transforms.ExampleTransform:
-  """The example transform the `input` section describes (tokenizer included)."""
-  tokenizer_path = input_config.tokenizer or str(
-      tokenizer_lib.default_tokenizer_path(builder.data_dir, input_config.vocab_size)
-  )
+  """The example transform the `input` section describes, with the dataset's tokenizer
+  (`builder` None: without one, a transform that only describes examples)."""
+  tokenizer = None
+  if builder is not None:
+    tokenizer = tokenizer_lib.Tokenizer(input_config.tokenizer or str(
+        tokenizer_lib.default_tokenizer_path(builder.data_dir, input_config.vocab_size)))
   return transforms.ExampleTransform(
-      tokenizer=tokenizer_lib.Tokenizer(tokenizer_path),
+      tokenizer=tokenizer,
       modalities=tuple(input_config.modalities),
       image_size=input_config.image_size,
       num_views=input_config.num_views,
@@ -141,6 +148,12 @@ def make_transform(
       audio_samples=input_config.audio_samples,
       audio_sample_rate=input_config.audio_sample_rate,
   )
+
+
+def example_spec(input_config: ml_collections.ConfigDict) -> dict[str, transforms.ArraySpec]:
+  """Every key of a training example the `input` section describes, with shape and dtype
+  (no data needed): what models are initialized from and FLOPs are counted on."""
+  return make_transform(input_config, builder=None).example_spec()
 
 
 def _prefetch_in_workers(dataset: grain.IterDataset, num_workers: int) -> grain.IterDataset:
@@ -166,24 +179,70 @@ def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchSchedule:
+  """The global batch size of every step: `stages` = ((first step, batch), ...), from step 0.
+
+  A step is counted as the train state counts it, by the steps completed before it: stage s
+  holds the steps with `stages[s][0] <= step < stages[s + 1][0]`. Global batch t of the run
+  is rows [rows_before(t), rows_before(t) + batch_size(t)) of the one example stream, so
+  a change of batch size neither skips nor repeats an example.
+  """
+
+  stages: tuple[tuple[int, int], ...]
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> BatchSchedule:
+    """`input.batch_size` from step 0, then `train.batch_schedule`'s stages."""
+    stages = [(0, int(config.input.batch_size))]
+    for entry in config.train.batch_schedule:
+      if len(entry) != 2:
+        raise ValueError(f"config.train.batch_schedule entry {tuple(entry)} is not a "
+                         "(start_step, global_batch) pair.")
+      start, batch = int(entry[0]), int(entry[1])
+      if start <= stages[-1][0] or batch < 1:
+        raise ValueError(
+            f"config.train.batch_schedule={tuple(map(tuple, config.train.batch_schedule))} "
+            "must list (start_step, global_batch) with start steps increasing from 1 and "
+            "positive batches (input.batch_size is the batch from step 0).")
+      stages.append((start, batch))
+    return cls(tuple(stages))
+
+  def stage(self, step: int) -> int:
+    """The index of the stage that `step` (steps completed) falls in."""
+    return bisect.bisect_right([start for start, _ in self.stages], step) - 1
+
+  def batch_size(self, step: int) -> int:
+    return self.stages[self.stage(step)][1]
+
+  def rows_before(self, step: int) -> int:
+    """Examples of the stream that the steps before `step` consumed."""
+    rows = 0
+    for (start, batch), (end, _) in zip(self.stages, [*self.stages[1:], (step, 0)]):
+      rows += batch * max(0, min(end, step) - start)
+    return rows
+
+
 class _ProcessRows(grain.MapDataset):
   """This process's rows of every global batch of an endless example stream.
 
-  Global batch t is rows [t*B, (t+1)*B) of the one stream all processes index; process i
-  owns its rows [i*b, (i+1)*b) (b = B / processes). Each process reads only its own rows,
-  yet the global batches, and so training, are the same for any number of processes (as
-  long as no record is skipped: a skip pulls the next of the process's own rows forward).
+  Global batch t is rows [s + t*B, s + (t+1)*B) of the one stream all processes index (s:
+  the rows earlier batch sizes consumed); process i owns its rows [i*b, (i+1)*b) of it
+  (b = B / processes). Each process reads only its own rows, yet the global batches, and so
+  training, are the same for any number of processes (as long as no record is skipped: a
+  skip pulls the next of the process's own rows forward).
   """
 
   def __init__(self, parent: grain.MapDataset, global_batch_size: int, process_index: int,
-               process_count: int):
+               process_count: int, start_row: int = 0):
     super().__init__(parent)
     self._global_batch_size = global_batch_size
     self._batch_size = per_process_batch_size(global_batch_size, process_count)
-    self._offset = process_index * self._batch_size
+    self._offset = start_row + process_index * self._batch_size
+    self._start_row = start_row
 
   def __len__(self) -> int:
-    return len(self._parent) // self._global_batch_size * self._batch_size
+    return (len(self._parent) - self._start_row) // self._global_batch_size * self._batch_size
 
   def __getitem__(self, index):
     if isinstance(index, slice):
@@ -247,6 +306,11 @@ class SkipCountingIterator(grain.DatasetIterator):
       logging.warning("input pipeline skipped bad records; totals so far: %s", self.stats)
     return batch
 
+  def add_skipped(self, stats: Mapping[str, int]) -> None:
+    """Adds another iterator's `stats` to the totals (a run's earlier input pipelines)."""
+    self._skipped += np.asarray(
+        [stats.get(f"skipped/{reason}", 0) for reason in transforms.SKIP_REASONS], np.int64)
+
   @property
   def stats(self) -> dict[str, int]:
     return {f"skipped/{r}": int(n) for r, n in zip(transforms.SKIP_REASONS, self._skipped)}
@@ -268,18 +332,25 @@ def make_train_iterator(
     seed: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    global_batch_size: int | None = None,
+    start_row: int = 0,
 ) -> SkipCountingIterator:
-  """An endless, checkpointable iterator of this process's training batches."""
+  """An endless, checkpointable iterator of this process's training batches.
+
+  Batches have `global_batch_size` rows over all processes (default `input.batch_size`)
+  and start at row `start_row` of the example stream (a batch schedule's later stages).
+  """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  batch_size = per_process_batch_size(input_config.batch_size, process_count)
+  global_batch_size = global_batch_size or input_config.batch_size
+  batch_size = per_process_batch_size(global_batch_size, process_count)
   builder = prepared_builder(input_config.dataset, input_config.data_dir)
   transform = make_transform(input_config, builder)
   source = open_split(builder, input_config.train_split, transform.required_fields())
 
   dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   dataset = dataset.random_map(transform, seed=seed)
-  dataset = _ProcessRows(dataset, input_config.batch_size, process_index, process_count)
+  dataset = _ProcessRows(dataset, global_batch_size, process_index, process_count, start_row)
   dataset = dataset.to_iter_dataset(
       grain.ReadOptions(
           num_threads=input_config.read_threads,

@@ -100,6 +100,22 @@ def empty_optional_fields() -> dict[str, Any]:
   }
 
 
+# What makes two rows of a batch (or two items of an evaluation split) positives of each
+# other, by the names configs use (`loss.positives`, an evaluator's `positives`) -> the batch
+# key whose equal values make them so. "pair": a row matches itself only (its own title);
+# "product": the same listing; "catalog": any listing of the same catalog product (duplicate
+# listings by other sellers, which plain pair labels would count as negatives).
+POSITIVES = {"pair": None, "product": "product_id", "catalog": "catalog_id"}
+
+
+def positive_id_key(positives: str, field: str, allowed=tuple(POSITIVES)) -> str | None:
+  """The batch key of `positives` (None for "pair"); `field` names the config field in the
+  error for a value outside `allowed`."""
+  if positives not in allowed:
+    raise ValueError(f"{field}={positives!r} is unknown; choose one of {sorted(allowed)}.")
+  return POSITIVES[positives]
+
+
 class RecordError(ValueError):
   """A record that does not satisfy the schema's invariants."""
 

@@ -20,7 +20,7 @@ import functools
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -31,7 +31,6 @@ from eclip_jax.data import tokenizer as tokenizer_lib
 SKIP_KEY = "_skip"
 SKIP_REASONS = ("empty_title", "no_images", "undecodable_image", "undecodable_video", "bad_audio")
 SKIPPED_KEY = "_skipped"  # per-example tally of records skipped before it, [len(SKIP_REASONS)]
-MODALITIES = ("image", "text", "table", "video", "audio")
 
 PixelBox = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
 
@@ -146,15 +145,74 @@ def box_in_crop(
 
 
 # ---------------------------------------------------------------------------------------
+# Modalities: what each reads from a record and what it adds to an example.
+# ---------------------------------------------------------------------------------------
+
+
+class ArraySpec(NamedTuple):
+  """The shape (without the batch axis) and dtype of one example key."""
+
+  shape: tuple[int, ...]
+  dtype: np.dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+  """How one modality of a record becomes example arrays (`input.modalities` names them).
+
+  Attributes:
+    fields: the record fields it reads (the pipeline deserializes only those).
+    spec: `(transform) -> {key: ArraySpec}`, every key it adds, from the transform's settings.
+    apply: `(transform, record, rng) -> {key: array}`, matching `spec` exactly; `rng` is the
+      example's seeded generator in training (augmentation, masks for masked modeling: drawn
+      here, they are reproducible and resume exactly) and None in evaluation. Raises
+      `SkipRecord` on a record it cannot use.
+  """
+
+  fields: tuple[str, ...]
+  spec: Callable[[ExampleTransform], dict[str, ArraySpec]]
+  apply: Callable[[ExampleTransform, Mapping[str, Any], np.random.Generator | None],
+                  dict[str, np.ndarray]]
+
+
+MODALITIES: dict[str, Modality] = {}
+
+
+def register_modality(name: str, modality: Modality) -> None:
+  """Makes `modality` available as `input.modalities` entry `name`."""
+  if name in MODALITIES:
+    raise ValueError(f"a modality named {name!r} is registered already")
+  MODALITIES[name] = modality
+
+
+# Keys every example has, whatever its modalities.
+LABEL_SPEC = {
+    "product_id": ArraySpec((), np.dtype(np.int32)),
+    "catalog_id": ArraySpec((), np.dtype(np.int32)),
+    "category": ArraySpec((), np.dtype(np.int32)),
+    "restricted": ArraySpec((), np.dtype(np.bool_)),
+}
+LABEL_FIELDS = ("product_index", "catalog_index", "category", "restricted")
+
+
+def _spec(**keys: tuple[tuple[int, ...], Any]) -> dict[str, ArraySpec]:
+  return {key: ArraySpec(tuple(shape), np.dtype(dtype)) for key, (shape, dtype) in keys.items()}
+
+
+# ---------------------------------------------------------------------------------------
 # The example transform.
 # ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class ExampleTransform:
-  """Record -> example; `rng` None means evaluation (deterministic, no augmentation)."""
+  """Record -> example; `rng` None means evaluation (deterministic, no augmentation).
 
-  tokenizer: tokenizer_lib.Tokenizer
+  `tokenizer` None gives a transform that can only describe its examples (`example_spec`),
+  e.g. to initialize a model before any data exists.
+  """
+
+  tokenizer: tokenizer_lib.Tokenizer | None
   modalities: Sequence[str] = ("image", "text")
   image_size: int = 64
   num_views: int = 1
@@ -176,9 +234,11 @@ class ExampleTransform:
   def __post_init__(self):
     unknown = set(self.modalities) - set(MODALITIES)
     if unknown:
-      raise ValueError(f"input.modalities has unknown {sorted(unknown)}; known: {MODALITIES}")
+      raise ValueError(f"input.modalities has unknown {sorted(unknown)}; known: "
+                       f"{tuple(MODALITIES)}")
     self._normalize = text_lib.get_normalizer(self.text_normalizer)
-    if self.tokenizer.normalizer not in (None, self.text_normalizer):
+    if self.tokenizer is not None and self.tokenizer.normalizer not in (
+        None, self.text_normalizer):
       raise ValueError(
           f"input.text_normalizer={self.text_normalizer!r} but the tokenizer "
           f"{self.tokenizer.model_path} was trained after {self.tokenizer.normalizer!r}; "
@@ -187,12 +247,19 @@ class ExampleTransform:
 
   def required_fields(self) -> tuple[str, ...]:
     """The record fields this transform reads (the pipeline deserializes only these)."""
-    fields = ["product_index", "catalog_index", "category", "restricted"]
-    per_modality = {"text": ["title"], "image": ["images", "boxes"], "table": ["attributes"],
-                    "video": ["video_frames"], "audio": ["audio"]}
-    for modality in self.modalities:
-      fields += per_modality[modality]
+    fields = list(LABEL_FIELDS)
+    for name, modality in MODALITIES.items():
+      if name in self.modalities:
+        fields += modality.fields
     return tuple(fields)
+
+  def example_spec(self) -> dict[str, ArraySpec]:
+    """Every key of an example, with its shape and dtype: what a batch will hold."""
+    spec = dict(LABEL_SPEC)
+    for name, modality in MODALITIES.items():
+      if name in self.modalities:
+        spec.update(modality.spec(self))
+    return spec
 
   def __call__(self, record: Mapping[str, Any], rng: np.random.Generator | None = None):
     try:
@@ -207,115 +274,166 @@ class ExampleTransform:
         "category": np.int32(record["category"]),
         "restricted": np.bool_(record["restricted"]),
     }
-    if "text" in self.modalities:
-      title = self._normalize(_to_str(record["title"]))
-      if not title:
-        raise SkipRecord("empty_title")
-      tokens, mask = self.tokenizer.encode([title], self.max_text_len)
-      example["text_tokens"], example["text_mask"] = tokens[0], mask[0]
-    if "image" in self.modalities:
-      example.update(self._images(record, rng))
-    if "table" in self.modalities:
-      example.update(self._table(record))
-    if "video" in self.modalities:
-      example.update(self._video(record, rng))
-    if "audio" in self.modalities:
-      example.update(self._audio(record, rng))
+    # In registry order, whatever the config's order: each modality draws from `rng` in turn.
+    for name, modality in MODALITIES.items():
+      if name in self.modalities:
+        example.update(modality.apply(self, record, rng))
     return example
 
-  def _images(self, record, rng) -> dict[str, np.ndarray]:
-    encoded = record["images"]
-    if len(encoded) == 0:
-      raise SkipRecord("no_images")
-    boxes = np.asarray(record["boxes"], np.float32)
-    if self.crop_to_box and len(boxes) == 0:
-      raise ValueError(
-          f"input.crop_to_box needs a box for every image; product {record['product_index']} "
-          "has none (train without crop_to_box, or on a dataset that records boxes)")
-    views, view_boxes, view_box_mask = [], [], []
-    for image_index in self._view_indices(len(encoded), rng):
-      if rng is None:
-        choose_crop, flipped = center_crop_box, False
-      else:
-        choose_crop = lambda w, h: random_resized_crop_box(rng, w, h, self.crop_scale)  # noqa: E731
-        flipped = self.flip and bool(rng.random() < 0.5)
-      if self.crop_to_box:
-        choose_crop = functools.partial(self._crop_in_box, boxes[image_index], choose_crop)
-      pixels, crop, source_size = decode_crop_resize(
-          encoded[image_index], self.image_size, choose_crop
-      )
-      views.append(_to_value_range(pixels[:, ::-1] if flipped else pixels, self.value_range))
-      if len(boxes):
-        box, visible = box_in_crop(boxes[image_index], crop, source_size, flipped)
-      else:
-        box, visible = np.zeros(4, np.float32), False
-      view_boxes.append(box)
-      view_box_mask.append(visible)
-    if self.num_views == 1:
-      return {"image": views[0], "box": view_boxes[0], "box_mask": np.bool_(view_box_mask[0])}
-    # A view is new when it shows an image no earlier view showed (`_view_indices` takes
-    # distinct images first): repeats are fine for training, but not gallery items.
-    new_view = np.arange(self.num_views) < len(encoded)
-    return {"images": np.stack(views), "boxes": np.stack(view_boxes),
-            "box_mask": np.array(view_box_mask), "view_mask": new_view}
+  def normalize(self, text: str) -> str:
+    """`input.text_normalizer` applied to `text`."""
+    return self._normalize(text)
 
-  def _crop_in_box(self, box, choose_crop, width, height) -> PixelBox:
-    return crop_within(box_region(box, width, height, self.box_context), choose_crop)
+  def encode_text(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized and tokenized like every text of the pipeline: ([max_len], [max_len])."""
+    tokens, mask = self.tokenizer.encode([self.normalize(text)], max_len)
+    return tokens[0], mask[0]
 
-  def _view_indices(self, num_images: int, rng) -> list[int]:
-    """Distinct images of the product where it has enough; otherwise images repeat (their
-    augmentations still differ). Evaluation takes the first ones, in order."""
+
+def _text(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
+  del rng
+  title = transform.normalize(_to_str(record["title"]))
+  if not title:
+    raise SkipRecord("empty_title")
+  tokens, mask = transform.tokenizer.encode([title], transform.max_text_len)
+  return {"text_tokens": tokens[0], "text_mask": mask[0]}
+
+
+def _text_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
+  length = (transform.max_text_len,)
+  return _spec(text_tokens=(length, np.int32), text_mask=(length, np.bool_))
+
+
+def _images(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
+  encoded = record["images"]
+  if len(encoded) == 0:
+    raise SkipRecord("no_images")
+  boxes = np.asarray(record["boxes"], np.float32)
+  if transform.crop_to_box and len(boxes) == 0:
+    raise ValueError(
+        f"input.crop_to_box needs a box for every image; product {record['product_index']} "
+        "has none (train without crop_to_box, or on a dataset that records boxes)")
+  views, view_boxes, view_box_mask = [], [], []
+  for image_index in _view_indices(transform.num_views, len(encoded), rng):
     if rng is None:
-      return [i % num_images for i in range(self.num_views)]
-    if self.num_views == 1:  # the common case, without rng.choice's overhead
-      return [int(rng.integers(num_images))]
-    distinct = rng.permutation(num_images)[: self.num_views].tolist()
-    return distinct + rng.integers(num_images, size=self.num_views - len(distinct)).tolist()
+      choose_crop, flipped = center_crop_box, False
+    else:
+      choose_crop = lambda w, h: random_resized_crop_box(rng, w, h, transform.crop_scale)  # noqa: E731
+      flipped = transform.flip and bool(rng.random() < 0.5)
+    if transform.crop_to_box:
+      choose_crop = functools.partial(_crop_in_box, boxes[image_index], transform.box_context,
+                                      choose_crop)
+    pixels, crop, source_size = decode_crop_resize(
+        encoded[image_index], transform.image_size, choose_crop
+    )
+    views.append(_to_value_range(pixels[:, ::-1] if flipped else pixels, transform.value_range))
+    if len(boxes):
+      box, visible = box_in_crop(boxes[image_index], crop, source_size, flipped)
+    else:
+      box, visible = np.zeros(4, np.float32), False
+    view_boxes.append(box)
+    view_box_mask.append(visible)
+  if transform.num_views == 1:
+    return {"image": views[0], "box": view_boxes[0], "box_mask": np.bool_(view_box_mask[0])}
+  # A view is new when it shows an image no earlier view showed (`_view_indices` takes
+  # distinct images first): repeats are fine for training, but not gallery items.
+  new_view = np.arange(transform.num_views) < len(encoded)
+  return {"images": np.stack(views), "boxes": np.stack(view_boxes),
+          "box_mask": np.array(view_box_mask), "view_mask": new_view}
 
-  def _table(self, record) -> dict[str, np.ndarray]:
-    attributes = record["attributes"]
-    entries = [
-        f"{_to_str(k)}: {_to_str(v)}" for k, v in zip(attributes["key"], attributes["value"])
-    ]
-    tokens, mask = self.tokenizer.encode([self._normalize(" ; ".join(entries))], self.max_table_len)
-    # An empty table is an absent modality, not a table of BOS/EOS.
-    return {"table_tokens": tokens[0], "table_mask": mask[0] & bool(entries)}
 
-  def _video(self, record, rng) -> dict[str, np.ndarray]:
-    del rng  # frames are sampled uniformly over the clip, the same in training and eval
-    frames = record["video_frames"]
-    video = np.zeros((self.video_frames, self.video_size, self.video_size, 3), np.uint8)
-    mask = np.zeros((self.video_frames,), np.bool_)
-    if len(frames):
-      chosen = np.linspace(0, len(frames) - 1, num=min(self.video_frames, len(frames)))
-      for slot, frame_index in enumerate(np.round(chosen).astype(int)):
-        try:
-          video[slot], _, _ = decode_crop_resize(
-              frames[frame_index], self.video_size, lambda w, h: (0, 0, w, h)
-          )
-        except SkipRecord as error:
-          raise SkipRecord("undecodable_video") from error
-        mask[slot] = True
-    return {"video": _to_value_range(video, self.value_range), "video_mask": mask}
+def _images_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
+  pixels, views = (transform.image_size, transform.image_size, 3), transform.num_views
+  if views == 1:
+    return _spec(image=(pixels, np.float32), box=((4,), np.float32), box_mask=((), np.bool_))
+  return _spec(images=((views, *pixels), np.float32), boxes=((views, 4), np.float32),
+               box_mask=((views,), np.bool_), view_mask=((views,), np.bool_))
 
-  def _audio(self, record, rng) -> dict[str, np.ndarray]:
-    waveform = np.asarray(record["audio"]["waveform"], np.float32) / 32768.0
-    sample_rate = int(record["audio"]["sample_rate"])
-    audio = np.zeros((self.audio_samples,), np.float32)
-    mask = np.zeros((self.audio_samples,), np.bool_)
-    if len(waveform):
-      if sample_rate <= 0:
-        raise SkipRecord("bad_audio")
-      if sample_rate != self.audio_sample_rate:  # linear resampling is enough for these models
-        step = sample_rate / self.audio_sample_rate  # source samples per output sample
-        positions = np.arange(max(1, round(len(waveform) / step))) * step
-        waveform = np.interp(positions, np.arange(len(waveform)), waveform).astype(np.float32)
-      start = 0
-      if rng is not None and len(waveform) > self.audio_samples:
-        start = int(rng.integers(len(waveform) - self.audio_samples + 1))
-      clip = waveform[start : start + self.audio_samples]
-      audio[: len(clip)], mask[: len(clip)] = clip, True
-    return {"audio": audio, "audio_mask": mask}
+
+def _crop_in_box(box, context: float, choose_crop, width, height) -> PixelBox:
+  return crop_within(box_region(box, width, height, context), choose_crop)
+
+
+def _view_indices(num_views: int, num_images: int, rng) -> list[int]:
+  """Distinct images of the product where it has enough; otherwise images repeat (their
+  augmentations still differ). Evaluation takes the first ones, in order."""
+  if rng is None:
+    return [i % num_images for i in range(num_views)]
+  if num_views == 1:  # the common case, without rng.choice's overhead
+    return [int(rng.integers(num_images))]
+  distinct = rng.permutation(num_images)[:num_views].tolist()
+  return distinct + rng.integers(num_images, size=num_views - len(distinct)).tolist()
+
+
+def _table(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
+  del rng
+  attributes = record["attributes"]
+  entries = [
+      f"{_to_str(k)}: {_to_str(v)}" for k, v in zip(attributes["key"], attributes["value"])
+  ]
+  tokens, mask = transform.encode_text(" ; ".join(entries), transform.max_table_len)
+  # An empty table is an absent modality, not a table of BOS/EOS.
+  return {"table_tokens": tokens, "table_mask": mask & bool(entries)}
+
+
+def _table_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
+  length = (transform.max_table_len,)
+  return _spec(table_tokens=(length, np.int32), table_mask=(length, np.bool_))
+
+
+def _video(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
+  del rng  # frames are sampled uniformly over the clip, the same in training and eval
+  frames = record["video_frames"]
+  size = transform.video_size
+  video = np.zeros((transform.video_frames, size, size, 3), np.uint8)
+  mask = np.zeros((transform.video_frames,), np.bool_)
+  if len(frames):
+    chosen = np.linspace(0, len(frames) - 1, num=min(transform.video_frames, len(frames)))
+    for slot, frame_index in enumerate(np.round(chosen).astype(int)):
+      try:
+        video[slot], _, _ = decode_crop_resize(frames[frame_index], size, lambda w, h: (0, 0, w, h))
+      except SkipRecord as error:
+        raise SkipRecord("undecodable_video") from error
+      mask[slot] = True
+  return {"video": _to_value_range(video, transform.value_range), "video_mask": mask}
+
+
+def _video_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
+  frames, size = transform.video_frames, transform.video_size
+  return _spec(video=((frames, size, size, 3), np.float32), video_mask=((frames,), np.bool_))
+
+
+def _audio(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
+  waveform = np.asarray(record["audio"]["waveform"], np.float32) / 32768.0
+  sample_rate = int(record["audio"]["sample_rate"])
+  num_samples = transform.audio_samples
+  audio = np.zeros((num_samples,), np.float32)
+  mask = np.zeros((num_samples,), np.bool_)
+  if len(waveform):
+    if sample_rate <= 0:
+      raise SkipRecord("bad_audio")
+    if sample_rate != transform.audio_sample_rate:  # linear resampling is enough here
+      step = sample_rate / transform.audio_sample_rate  # source samples per output sample
+      positions = np.arange(max(1, round(len(waveform) / step))) * step
+      waveform = np.interp(positions, np.arange(len(waveform)), waveform).astype(np.float32)
+    start = 0
+    if rng is not None and len(waveform) > num_samples:
+      start = int(rng.integers(len(waveform) - num_samples + 1))
+    clip = waveform[start : start + num_samples]
+    audio[: len(clip)], mask[: len(clip)] = clip, True
+  return {"audio": audio, "audio_mask": mask}
+
+
+def _audio_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
+  samples = (transform.audio_samples,)
+  return _spec(audio=(samples, np.float32), audio_mask=(samples, np.bool_))
+
+
+register_modality("image", Modality(("images", "boxes"), _images_spec, _images))
+register_modality("text", Modality(("title",), _text_spec, _text))
+register_modality("table", Modality(("attributes",), _table_spec, _table))
+register_modality("video", Modality(("video_frames",), _video_spec, _video))
+register_modality("audio", Modality(("audio",), _audio_spec, _audio))
 
 
 def _to_str(value: bytes | str) -> str:

@@ -22,9 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
-from etils import epath
 from jax.sharding import Mesh
 
 from eclip_jax import parallel
@@ -56,25 +54,15 @@ def _replicated_rows_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> d
   }
 
 
-class ZeroShotClassificationEvaluator:
+class ZeroShotClassificationEvaluator(common.SplitEvaluator):
   """Top-1/top-5 category accuracy from prompt-ensembled class embeddings."""
 
   DEFAULTS = {"templates": DEFAULT_TEMPLATES, "image_output": "image_emb"}
+  MODALITIES = ("image",)
 
-  def __init__(
-      self,
-      name: str,
-      entry: Mapping[str, Any],
-      *,
-      input_config: ml_collections.ConfigDict,
-      apply_fn: common.ApplyFn,
-      mesh: Mesh,
-      workdir: epath.Path | None = None,
-  ):
-    self.data = common.EvalSplit(
-        name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
-        modalities=("image",), workdir=workdir,
-    )
+  def __init__(self, name: str, entry: Mapping[str, Any], **kwargs):
+    super().__init__(name, entry, **kwargs)
+    mesh = self.data.mesh
     self.image_output = self.data.image_output()
     self.templates = tuple(self.data.fields["templates"])
     if not self.templates or any(t.count("{}") != 1 for t in self.templates):

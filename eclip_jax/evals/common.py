@@ -5,13 +5,16 @@ its type) and, optionally, overrides of `config.input` fields (`batch_size`, `da
 `data_dir`, `image_size`, ...): an evaluator reads its split the way training reads the
 train split, except where its entry says otherwise. Misconfiguration fails when the
 evaluator is built, before anything compiles.
+
+`SplitEvaluator` is the base of every evaluator: it builds the entry's `EvalSplit` from the
+class's `DEFAULTS` (its fields) and `MODALITIES` (what it decodes).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import ml_collections
@@ -21,10 +24,14 @@ from jax.sharding import Mesh
 
 from eclip_jax import parallel
 from eclip_jax.data import pipeline
+from eclip_jax.data import schema
 
 ApplyFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
 COMMON_DEFAULTS = {"type": None, "split": "validation"}
+KS = (1, 5, 10)  # the K of the retrieval metrics (R@K, mAP@K, Prec@K)
+# Score blocks of at most this many query x gallery entries (64 MiB of float32).
+MAX_BLOCK_SCORES = 1 << 24
 # Model outputs an evaluator may use as an image's embedding: those computed from the image
 # alone. (ECLIP's title-guided `instance_emb` would let a title choose its own image's
 # embedding: a leak in retrieval and classification.)
@@ -143,6 +150,46 @@ class EvalSplit:
     columns = {k: np.concatenate([b[k] for b in per_batch]) for k in per_batch[0]}
     valid = columns.pop(pipeline.VALID_KEY)
     return {k: v[valid] for k, v in columns.items()}
+
+
+class SplitEvaluator:
+  """Base of the evaluators: one config entry, one split, `run(params) -> metrics`.
+
+  A subclass sets `DEFAULTS` (its fields and their defaults), `MODALITIES` (what its
+  split is decoded with) and defines `run(params)` (one pass over the split, metrics
+  without a prefix); `views_per_record(name, entry)` may ask for several images per record.
+  The entry's split and fields are `self.data` (an `EvalSplit`).
+  """
+
+  DEFAULTS: ClassVar[Mapping[str, Any]] = {}
+  MODALITIES: ClassVar[tuple[str, ...]] = ("image",)
+
+  def __init__(
+      self,
+      name: str,
+      entry: Mapping[str, Any],
+      *,
+      input_config: ml_collections.ConfigDict,
+      apply_fn: ApplyFn,
+      mesh: Mesh,
+      workdir: epath.Path | None = None,
+  ):
+    self.name = name
+    self.data = EvalSplit(
+        name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
+        modalities=self.MODALITIES, num_views=self.views_per_record(name, entry),
+        workdir=workdir,
+    )
+
+  @classmethod
+  def views_per_record(cls, name: str, entry: Mapping[str, Any]) -> int:
+    del name, entry
+    return 1
+
+  def positive_id_key(self, allowed: Sequence[str] = tuple(schema.POSITIVES)) -> str | None:
+    """The batch key of the entry's `positives` field (None for "pair")."""
+    return schema.positive_id_key(self.data.fields["positives"],
+                                  f"config.evals.{self.name}.positives", allowed)
 
 
 def l2_normalize(embeddings: np.ndarray) -> np.ndarray:

@@ -38,10 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
-from etils import epath
-from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
 from eclip_jax.data import pipeline
@@ -100,25 +97,14 @@ def grounding_metrics(maps: np.ndarray, boxes: np.ndarray, threshold: float) -> 
           "full_image_iou": float(np.mean(full))}
 
 
-class GroundingEvaluator:
+class GroundingEvaluator(common.SplitEvaluator):
   """Pointing game and box IoU of a model's product map (see the module docstring)."""
 
   DEFAULTS = {"map_output": "instance_attn", "threshold": 0.5, "num_pictures": 16}
+  MODALITIES = ("image", "text")
 
-  def __init__(
-      self,
-      name: str,
-      entry: Mapping[str, Any],
-      *,
-      input_config: ml_collections.ConfigDict,
-      apply_fn: common.ApplyFn,
-      mesh: Mesh,
-      workdir: epath.Path | None = None,
-  ):
-    self.data = common.EvalSplit(
-        name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
-        modalities=("image", "text"), workdir=workdir,
-    )
+  def __init__(self, name: str, entry: Mapping[str, Any], **kwargs):
+    super().__init__(name, entry, **kwargs)
     fields = self.data.fields
     self.map_output = fields["map_output"]
     if self.map_output not in MAPS:

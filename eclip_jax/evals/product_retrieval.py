@@ -29,16 +29,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
-from etils import epath
-from jax.sharding import Mesh
 
 from eclip_jax.evals import common
 
-KS = (1, 5, 10)
-POSITIVES = {"product": "product_id", "catalog": "catalog_id"}
-_MAX_BLOCK_SCORES = 1 << 24  # query x gallery scores per block (64 MiB of float32)
+# A photo is its own "pair": as positives that would leave none (the query is not in its
+# gallery), so product retrieval takes the two listing-level vocabularies only.
+POSITIVES = ("product", "catalog")
 
 
 def top_k_hits(embeddings: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +46,7 @@ def top_k_hits(embeddings: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndar
   k = min(k, num - 1)
   hits = np.zeros((num, k), bool)
   num_positives = np.zeros(num, np.int64)
-  block = max(1, _MAX_BLOCK_SCORES // max(1, num))
+  block = max(1, common.MAX_BLOCK_SCORES // max(1, num))
   for start in range(0, num, block):
     rows = np.arange(start, min(num, start + block))
     scores = embeddings[rows] @ embeddings.T
@@ -67,7 +64,7 @@ def top_k_hits(embeddings: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def same_product_metrics(embeddings: np.ndarray, ids: np.ndarray,
-                         ks: Sequence[int] = KS) -> dict[str, float | int]:
+                         ks: Sequence[int] = common.KS) -> dict[str, float | int]:
   """mAP@K for each K, R@1 and chance R@1 of rows querying each other (module docstring)."""
   hits, num_positives = top_k_hits(embeddings, ids, max(ks))
   answerable = num_positives > 0
@@ -88,35 +85,24 @@ def same_product_metrics(embeddings: np.ndarray, ids: np.ndarray,
   return metrics
 
 
-class ProductRetrievalEvaluator:
+class ProductRetrievalEvaluator(common.SplitEvaluator):
   """Photo -> photos of the same product over one split (see the module docstring)."""
 
   DEFAULTS = {"positives": "catalog", "num_views": 2, "image_output": "image_emb"}
+  MODALITIES = ("image",)
 
-  def __init__(
-      self,
-      name: str,
-      entry: Mapping[str, Any],
-      *,
-      input_config: ml_collections.ConfigDict,
-      apply_fn: common.ApplyFn,
-      mesh: Mesh,
-      workdir: epath.Path | None = None,
-  ):
-    num_views = entry.get("num_views", self.DEFAULTS["num_views"])
+  def __init__(self, name: str, entry: Mapping[str, Any], **kwargs):
+    super().__init__(name, entry, **kwargs)
+    self.id_key = self.positive_id_key(POSITIVES)
+    self.image_output = self.data.image_output()
+    self.num_views = self.data.fields["num_views"]
+
+  @classmethod
+  def views_per_record(cls, name: str, entry: Mapping[str, Any]) -> int:
+    num_views = entry.get("num_views", cls.DEFAULTS["num_views"])
     if not isinstance(num_views, int) or num_views < 1:
       raise ValueError(f"config.evals.{name}.num_views={num_views!r} must be a positive int.")
-    self.data = common.EvalSplit(
-        name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
-        modalities=("image",), num_views=num_views, workdir=workdir,
-    )
-    positives = self.data.fields["positives"]
-    if positives not in POSITIVES:
-      raise ValueError(f"config.evals.{name}.positives={positives!r} is unknown; choose one "
-                       f"of {sorted(POSITIVES)}.")
-    self.id_key = POSITIVES[positives]
-    self.image_output = self.data.image_output()
-    self.num_views = num_views
+    return num_views
 
   def run(self, params: Any) -> dict[str, float | int]:
     multi_view = self.num_views > 1

@@ -2,9 +2,10 @@
 
 Every image of the split queries the gallery of all its titles (`i2t`), and every title the
 gallery of all its images (`t2i`). A query is a hit at K when one of its positives is among
-the K best-scoring gallery items. Positives are, by the entry's `positives` field:
+the K best-scoring gallery items. Positives are, by the entry's `positives` field (the
+vocabulary of `loss.positives`, data/schema.py):
 
-* `"pair"`: the query's own listing only (matched on `product_id`);
+* `"pair"` or `"product"`: the query's own listing only (each listing is one row here);
 * `"catalog"` (default): any listing of the same catalog product (matched on `catalog_id`),
   because the duplicate listings of a product by other sellers are as correct an answer
   as the query's own; with `"pair"` they count as misses.
@@ -18,20 +19,12 @@ ranking), `num_examples`, `num_skipped` (bad records of the split).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
-from etils import epath
-from jax.sharding import Mesh
 
 from eclip_jax.evals import common
-
-KS = (1, 5, 10)
-POSITIVES = {"pair": "product_id", "catalog": "catalog_id"}  # -> the batch key they match on
-# Score blocks of at most this many query x gallery entries (64 MiB of float32).
-_MAX_BLOCK_SCORES = 1 << 24
 
 
 def first_positive_ranks(
@@ -49,7 +42,7 @@ def first_positive_ranks(
   gallery = np.asarray(gallery, np.float32)
   query_ids, gallery_ids = np.asarray(query_ids), np.asarray(gallery_ids)
   ranks = np.empty(len(queries), np.int64)
-  block = max(1, _MAX_BLOCK_SCORES // max(1, len(gallery)))
+  block = max(1, common.MAX_BLOCK_SCORES // max(1, len(gallery)))
   for start in range(0, len(queries), block):
     scores = queries[start : start + block] @ gallery.T
     positive = query_ids[start : start + block, None] == gallery_ids[None, :]
@@ -61,7 +54,7 @@ def first_positive_ranks(
 
 
 def retrieval_metrics(
-    image_emb: np.ndarray, text_emb: np.ndarray, ids: np.ndarray, ks: Sequence[int] = KS
+    image_emb: np.ndarray, text_emb: np.ndarray, ids: np.ndarray, ks: Sequence[int] = common.KS
 ) -> dict[str, float | int]:
   """R@K both ways for row-aligned image/text embeddings; equal `ids` are positives."""
   metrics = {}
@@ -76,33 +69,17 @@ def retrieval_metrics(
   return metrics
 
 
-class RetrievalEvaluator:
+class RetrievalEvaluator(common.SplitEvaluator):
   """Image <-> title retrieval over one split (see the module docstring)."""
 
   DEFAULTS = {"positives": "catalog", "image_output": "image_emb"}
+  MODALITIES = ("image", "text")
 
-  def __init__(
-      self,
-      name: str,
-      entry: Mapping[str, Any],
-      *,
-      input_config: ml_collections.ConfigDict,
-      apply_fn: common.ApplyFn,
-      mesh: Mesh,
-      workdir: epath.Path | None = None,
-  ):
-    self.data = common.EvalSplit(
-        name, entry, self.DEFAULTS, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
-        modalities=("image", "text"), workdir=workdir,
-    )
+  def __init__(self, name: str, entry, **kwargs):
+    super().__init__(name, entry, **kwargs)
     self.image_output = self.data.image_output()
-    positives = self.data.fields["positives"]
-    if positives not in POSITIVES:
-      raise ValueError(
-          f"config.evals.{name}.positives={positives!r} is unknown; choose one of "
-          f"{sorted(POSITIVES)}."
-      )
-    self.id_key = POSITIVES[positives]
+    # Each listing is one row: its own title is its only "pair" or "product" positive.
+    self.id_key = self.positive_id_key() or "product_id"
 
   def run(self, params: Any) -> dict[str, float | int]:
     split = self.data.run_model(

@@ -121,12 +121,15 @@ class ECLIP(two_tower.TwoTower):
       result["instance_emb"], result["instance_attn"] = select(weights, query_emb, query_attn)
     return result
 
-  def flops_per_example(self, image_size: int, text_len: int, num_views: int = 1) -> float:
+  def flops_per_example(self, input_config) -> float:
     """The two towers' FLOPs plus, per view, the decoder's and the per-query projection's
     (the selection head is negligible)."""
-    towers = super().flops_per_example(image_size, text_len, num_views)
+    towers = super().flops_per_example(input_config)
+    if "image" not in input_config.modalities:
+      return towers
     vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
     decoder = instance_decoder.InstanceDecoder(**(self.decoder or {}), parent=None)
-    per_view = (decoder.flops_per_image((image_size // patch) ** 2, vit_size.width)
+    num_patches = (input_config.image_size // patch) ** 2
+    per_view = (decoder.flops_per_image(num_patches, vit_size.width)
                 + 2 * decoder.num_queries * vit_size.width * self.embed_dim)
-    return towers + num_views * per_view
+    return towers + input_config.num_views * per_view

@@ -138,14 +138,20 @@ class TwoTower(nn.Module):
   def scalar(self, name: str, value: float) -> jax.Array:
     return self.param(name, partitioned(nn.initializers.constant(value), ()), (), jnp.float32)
 
-  def flops_per_example(self, image_size: int, text_len: int, num_views: int = 1) -> float:
-    """Analytic forward FLOPs of one example (`num_views` images and a title): the matmuls
-    of both towers and projections (norms, softmaxes and the loss are negligible)."""
-    vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
-    num_patches = (image_size // patch) ** 2
-    text_size = text_lib.SIZES[self.text["variant"]]
-    image = (2 * num_patches * patch * patch * 3 * vit_size.width
-             + transformer_flops(num_patches, *vit_size)
-             + 2 * vit_size.width * self.embed_dim)
-    text = transformer_flops(text_len, *text_size) + 2 * text_size.width * self.embed_dim
-    return float(num_views * image + text)
+  def flops_per_example(self, input_config) -> float:
+    """Analytic forward FLOPs of one example of `input_config` (its `num_views` images and
+    its title, where those modalities are in): the matmuls of both towers and projections
+    (norms, softmaxes and the loss are negligible)."""
+    flops = 0.0
+    if "image" in input_config.modalities:
+      vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
+      num_patches = (input_config.image_size // patch) ** 2
+      image = (2 * num_patches * patch * patch * 3 * vit_size.width
+               + transformer_flops(num_patches, *vit_size)
+               + 2 * vit_size.width * self.embed_dim)
+      flops += input_config.num_views * image
+    if "text" in input_config.modalities:
+      text_size = text_lib.SIZES[self.text["variant"]]
+      flops += (transformer_flops(input_config.max_text_len, *text_size)
+                + 2 * text_size.width * self.embed_dim)
+    return float(flops)

@@ -1,6 +1,6 @@
 """ECLIP's pretext tasks (METHODS.md §1), each a registered objective with its own weight.
 
-    clip                  (1) global image–title InfoNCE (contrastive.clip_objective)
+    clip                  (1) global image–title InfoNCE (objectives/clip.py)
     instance_text         (2) inter-product: instance embedding v vs the title, negatives the
                               other products of the global batch
     instance_consistency  (3) intra-product: v of two different photos of one product, against
@@ -14,7 +14,8 @@
 them, so `loss.kind` applies to (1) only. A config turns a task off with weight 0; its
 value is still logged, which shows what an ablated run leaves untrained.
 
-Which instance embedding (2) and (3) train is `loss.instance_selection`. "image" (default):
+Which instance embedding (2) and (3) train is `eclip.instance_selection` (ECLIP's config
+section, which the objectives see as `ctx.method_config`). "image" (the configs' default):
 the image-only selection's `instance_emb_img`. "text": the title-guided `instance_emb`,
 read literally from METHODS.md — but then a row's title chooses the mixture of queries on
 both sides of each comparison: in (2) the title is compared with an embedding it selected
@@ -33,27 +34,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from eclip_jax.objectives import contrastive
+from eclip_jax.objectives import common
 
-
+CONFIG_SECTION = "eclip"  # the config section ECLIP's objectives read (`ctx.method_config`)
 SELECTIONS = {"image": "instance_emb_img", "text": "instance_emb"}
 
 
 def _instance_emb(outputs: dict[str, Any], ctx) -> jax.Array:
-  selection = ctx.loss_config.get("instance_selection", "image")
+  selection = ctx.method_config.instance_selection
   if selection not in SELECTIONS:
-    raise ValueError(f"loss.instance_selection={selection!r} is unknown; choose one of "
-                     f"{sorted(SELECTIONS)}.")
+    raise ValueError(f"config.eclip.instance_selection={selection!r} is unknown; choose one "
+                     f"of {sorted(SELECTIONS)}.")
   return outputs[SELECTIONS[selection]]
 
 
 def instance_text_objective(outputs: dict[str, Any], batch: dict[str, Any], ctx):
   """(2) Instance embedding vs the title, per view ([B,V,D] or [B,D])."""
-  loss, accuracy = contrastive.per_view_loss_and_accuracy(
+  loss, accuracy = common.per_view_loss_and_accuracy(
       _instance_emb(outputs, ctx), outputs["text_emb"], outputs["instance_logit_scale"], None,
-      contrastive.positive_ids(batch, ctx.loss_config), ctx, kind="softmax")
-  return loss, {"instance_text_loss": loss, "instance_i2t_acc": accuracy,
-                "instance_logit_scale": outputs["instance_logit_scale"]}
+      common.positive_ids(batch, ctx.loss_config), ctx, kind="softmax")
+  return loss, {"i2t_acc": accuracy, "logit_scale": outputs["instance_logit_scale"]}
 
 
 def instance_consistency_objective(outputs: dict[str, Any], batch: dict[str, Any], ctx):
@@ -63,14 +63,14 @@ def instance_consistency_objective(outputs: dict[str, Any], batch: dict[str, Any
     raise ValueError(
         "the instance_consistency objective compares two photos of each product; set "
         "config.input.num_views=2 (or more).")
-  ids = contrastive.positive_ids(batch, ctx.loss_config)
-  loss, accuracy = contrastive.mean_of([
-      contrastive.configured_loss_and_accuracy(
+  ids = common.positive_ids(batch, ctx.loss_config)
+  loss, accuracy = common.mean_of([
+      common.configured_loss_and_accuracy(
           instance_emb[:, a], instance_emb[:, b], outputs["instance_logit_scale"], None, ids,
           ctx, kind="softmax")
       for a, b in itertools.combinations(range(instance_emb.shape[1]), 2)
   ])
-  return loss, {"instance_consistency_loss": loss, "instance_view_acc": accuracy}
+  return loss, {"view_acc": accuracy}
 
 
 def selection_kl(text_weights: jax.Array, image_logits: jax.Array) -> jax.Array:
@@ -89,8 +89,7 @@ def selection_kl_objective(outputs: dict[str, Any], batch: dict[str, Any], ctx):
   loss = selection_kl(weights, logits)
   entropy = -jnp.mean(jnp.sum(jax.scipy.special.xlogy(weights, weights), axis=-1))
   agreement = jnp.mean(jnp.argmax(weights, -1) == jnp.argmax(logits, -1))
-  return loss, {"selection_kl": loss, "selection_entropy": entropy,
-                "selection_agreement": agreement}
+  return loss, {"entropy": entropy, "agreement": agreement}
 
 
 def query_diversity(query_emb: jax.Array) -> jax.Array:
@@ -106,5 +105,4 @@ def query_diversity(query_emb: jax.Array) -> jax.Array:
 def query_diversity_objective(outputs: dict[str, Any], batch: dict[str, Any], ctx):
   """(5) Penalizes instance queries that embed the same thing."""
   del batch, ctx
-  loss = query_diversity(outputs["query_emb"])
-  return loss, {"query_diversity": loss}
+  return query_diversity(outputs["query_emb"]), {}
