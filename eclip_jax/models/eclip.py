@@ -125,7 +125,7 @@ class ECLIP(two_tower.TwoTower):
     """The two towers' FLOPs plus, per view, the decoder's and the per-query projection's
     (the selection head is negligible)."""
     towers = super().flops_per_example(image_size, text_len, num_views)
-    vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
+    vit_size, patch = vit.ViT(**self.image, parent=None).shape()
     decoder = instance_decoder.InstanceDecoder(**(self.decoder or {}), parent=None)
     per_view = (decoder.flops_per_image((image_size // patch) ** 2, vit_size.width)
                 + 2 * decoder.num_queries * vit_size.width * self.embed_dim)

@@ -141,9 +141,9 @@ class TwoTower(nn.Module):
   def flops_per_example(self, image_size: int, text_len: int, num_views: int = 1) -> float:
     """Analytic forward FLOPs of one example (`num_views` images and a title): the matmuls
     of both towers and projections (norms, softmaxes and the loss are negligible)."""
-    vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
+    vit_size, patch = vit.ViT(**self.image, parent=None).shape()
     num_patches = (image_size // patch) ** 2
-    text_size = text_lib.SIZES[self.text["variant"]]
+    text_size = text_lib.TextTransformer(**self.text, parent=None).size()
     image = (2 * num_patches * patch * patch * 3 * vit_size.width
              + transformer_flops(num_patches, *vit_size)
              + 2 * vit_size.width * self.embed_dim)
