@@ -27,7 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3  # most recent ones kept
   config.keep_checkpoints_every_steps = 0  # also keep every M-th step forever (0: none)
-  config.init_from = ""  # a checkpoint dir or run workdir: load params only (not opt state)
+  # Load params only (not opt state) from a run workdir, checkpoint or export dir, or a
+  # .safetensors file (this codebase's or OpenAI/HF CLIP's: eclip_jax/interop.py).
+  config.init_from = ""
   config.init_params = ".*"  # regex over "/"-joined param paths to take from init_from
   config.peak_flops_per_device = 0.0  # for MFU; 0 = unknown, MFU not reported
 

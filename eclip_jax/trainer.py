@@ -400,7 +400,7 @@ def _initial_state(setup: Setup, checkpointer, data_iterator) -> TrainState:
   if setup.config.init_from:
     params = checkpoint_lib.load_params(
         setup.config.init_from, state.params, setup.abstract_state.params,
-        setup.config.init_params,
+        setup.config.init_params, value_range=tuple(setup.config.input.value_range),
     )
     state = state.replace(params=params)
   return state

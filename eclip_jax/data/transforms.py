@@ -244,7 +244,7 @@ class ExampleTransform:
       pixels, crop, source_size = decode_crop_resize(
           encoded[image_index], self.image_size, choose_crop
       )
-      views.append(_to_value_range(pixels[:, ::-1] if flipped else pixels, self.value_range))
+      views.append(to_value_range(pixels[:, ::-1] if flipped else pixels, self.value_range))
       if len(boxes):
         box, visible = box_in_crop(boxes[image_index], crop, source_size, flipped)
       else:
@@ -296,7 +296,7 @@ class ExampleTransform:
         except SkipRecord as error:
           raise SkipRecord("undecodable_video") from error
         mask[slot] = True
-    return {"video": _to_value_range(video, self.value_range), "video_mask": mask}
+    return {"video": to_value_range(video, self.value_range), "video_mask": mask}
 
   def _audio(self, record, rng) -> dict[str, np.ndarray]:
     waveform = np.asarray(record["audio"]["waveform"], np.float32) / 32768.0
@@ -322,7 +322,7 @@ def _to_str(value: bytes | str) -> str:
   return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-def _to_value_range(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+def to_value_range(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
   low, high = value_range
   scaled = pixels.astype(np.float32)  # a copy, also of a flipped view: contiguous output
   scaled *= (high - low) / 255.0
