@@ -65,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
 
   instance = "instance_emb_img"  # image-only: a title must not pick its own photo's embedding
+  config.inference.update(image_output=instance, product_output="instance_emb",
+                          image_map_output="instance_attn_img", product_map_output="instance_attn")
   config.evals = ml_collections.ConfigDict({
       "retrieval": {"type": "retrieval", "split": "validation", "image_output": instance},
       "zeroshot": {"type": "zeroshot_classification", "split": "validation",

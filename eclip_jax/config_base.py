@@ -71,4 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
   })
 
   config.evals = ml_collections.ConfigDict()
+
+  # Which model outputs eclip_jax/inference.py returns for this run's checkpoints.
+  config.inference = ml_collections.ConfigDict({
+      "image_output": "image_emb",  # encode_images: an image-only embedding
+      "product_output": "image_emb",  # encode_products: the photo's embedding given its title
+      "image_map_output": "",  # instance_maps without titles ("": the model has none)
+      "product_map_output": "patch_text_sim",  # instance_maps with titles
+  })
   return config

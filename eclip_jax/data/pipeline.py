@@ -116,15 +116,19 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str, fields: Sequence[s
   return source if fields is None else FieldsDataSource(source, fields)
 
 
+def tokenizer_path(input_config: ml_collections.ConfigDict,
+                   builder: tfds.core.DatasetBuilder) -> str:
+  """`input.tokenizer`, else the tokenizer `prepare` stored beside the dataset."""
+  return input_config.tokenizer or str(
+      tokenizer_lib.default_tokenizer_path(builder.data_dir, input_config.vocab_size))
+
+
 def make_transform(
     input_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
 ) -> transforms.ExampleTransform:
   """The example transform the `input` section describes (tokenizer included)."""
-  tokenizer_path = input_config.tokenizer or str(
-      tokenizer_lib.default_tokenizer_path(builder.data_dir, input_config.vocab_size)
-  )
   return transforms.ExampleTransform(
-      tokenizer=tokenizer_lib.Tokenizer(tokenizer_path),
+      tokenizer=tokenizer_lib.Tokenizer(tokenizer_path(input_config, builder)),
       modalities=tuple(input_config.modalities),
       image_size=input_config.image_size,
       num_views=input_config.num_views,

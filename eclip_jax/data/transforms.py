@@ -122,8 +122,12 @@ def decode_crop_resize(
     raise SkipRecord("undecodable_image") from error
   scale_x, scale_y = image.size[0] / width, image.size[1] / height
   scaled = (crop[0] * scale_x, crop[1] * scale_y, crop[2] * scale_x, crop[3] * scale_y)
-  pixels = image.resize((size, size), Image.Resampling.BILINEAR, box=scaled)
-  return np.asarray(pixels), crop, (width, height)
+  return crop_resize(image, size, scaled), crop, (width, height)
+
+
+def crop_resize(image: Image.Image, size: int, crop: PixelBox) -> np.ndarray:
+  """`crop` (in the image's pixels) of an RGB image, resized to uint8 [size, size, 3]."""
+  return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=crop))
 
 
 def box_in_crop(
