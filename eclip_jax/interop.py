@@ -294,7 +294,7 @@ def _fit(loaded: Mapping[str, Any], target: Mapping[str, Any], path: str) -> dic
     if value.shape != tuple(want.shape):
       raise ValueError(f"parameter {name} has shape {value.shape} in the weights file but "
                        f"{tuple(want.shape)} in the model; {_layout_hint(name, value.shape)}")
-    fitted[key] = value.astype(want.dtype)
+    fitted[key] = value.astype(want.dtype, copy=False)
   return fitted
 
 

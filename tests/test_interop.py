@@ -250,3 +250,33 @@ def test_safetensors_export_round_trips_across_scan_layouts(tmp_path):
   interop.save_safetensors(tmp_path / "scanned.safetensors", stacked)
   jax.tree.map(np.testing.assert_array_equal,
                interop.read_params(tmp_path / "scanned.safetensors", unscanned), params)
+
+
+# The published OpenAI CLIP layouts (transformers' CLIPConfig fields; the vision defaults are
+# ViT-B/32's): every weight must find its place in the variant's towers, shapes equal.
+OPENAI_LAYOUTS = {
+    "b32": dict(vision=dict(patch_size=32), text={}, projection_dim=512),
+    "b16": dict(vision=dict(patch_size=16), text={}, projection_dim=512),
+    "l14": dict(vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                            num_attention_heads=16, patch_size=14),
+                text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12),
+                projection_dim=768),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(OPENAI_LAYOUTS))
+def test_variants_hold_the_openai_clip_layouts(variant):
+  layout = OPENAI_LAYOUTS[variant]
+  config = transformers.CLIPConfig(vision_config={"image_size": 224, **layout["vision"]},
+                                   text_config=layout["text"],
+                                   projection_dim=layout["projection_dim"])
+  with torch.device("meta"):  # shapes only: nothing of the ~0.4B weights is allocated
+    shapes = {k: tuple(v.shape) for k, v in transformers.CLIPModel(config).state_dict().items()}
+  state_dict = {k: np.broadcast_to(np.float32(0), shape) for k, shape in shapes.items()}
+  abstract = trainer.Setup(clip.get_config(f"{variant},clip_towers=image+text")
+                           ).abstract_state.params
+  loaded = interop._fit(interop.from_clip(state_dict), abstract, "")  # pylint: disable=protected-access
+  placed = set(interop.flatten(loaded))
+  assert set(interop.flatten(abstract)) - placed == {"logit_bias"}  # SigLIP's; CLIP has none
+  heads = abstract["image_tower"]["encoder"]["blocks"]["attn"]["query"]["kernel"].shape[-2]
+  assert heads == config.vision_config.num_attention_heads
