@@ -85,7 +85,10 @@ class Model:
     elif (path / checkpoint_lib.CHECKPOINT_DIR).exists():
       checkpointer = checkpoint_lib.Checkpointer(path)
       steps = checkpointer.all_steps()
-      step = max(steps, default=None) if step is None else step
+      if not steps:
+        checkpointer.close()
+        raise FileNotFoundError(f"{path} has no checkpoint yet; train first")
+      step = max(steps) if step is None else step
       if step not in steps:
         checkpointer.close()
         raise FileNotFoundError(f"{path} has no checkpoint of step {step}; it has {steps}")
@@ -144,8 +147,6 @@ class Model:
   def _tokens(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
     if self.tokenizer is None:
       raise ValueError("this run's model reads no text (input.modalities has no 'text')")
-    if isinstance(texts, str):
-      raise TypeError("pass a list of strings, not one string")
     tokens, mask = self.tokenizer.encode([self._normalize(t) for t in texts],
                                          self.config.input.max_text_len)
     return {"text_tokens": tokens, "text_mask": mask}
@@ -158,14 +159,16 @@ class Model:
   # The model, batched.
   # ------------------------------------------------------------------------------------------
   def _run(self, count: int, make_batch: Callable[[int, int], dict[str, np.ndarray]],
-           outputs: Sequence[str], progress: bool | None) -> dict[str, np.ndarray]:
-    """`outputs` of the model over rows [0, count), `make_batch(start, stop)` preparing each
-    batch only when it runs; the last batch is padded (one compiled shape for all)."""
+           outputs: Sequence[str], progress: bool | None,
+           optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """`outputs` (and those of `optional` the model has) over rows [0, count),
+    `make_batch(start, stop)` preparing each batch only when it runs; the last batch is
+    padded (one compiled shape for all)."""
     if not count:
       raise ValueError("nothing to encode: the input list is empty")
     starts = range(0, count, self.batch_size)
     show = len(starts) >= PROGRESS_MIN_BATCHES if progress is None else progress
-    results = {name: [] for name in outputs}
+    results = {}
     for start in tqdm.tqdm(starts, disable=not show, unit="batch"):
       stop = min(count, start + self.batch_size)
       batch = {k: _pad(v, self.batch_size) for k, v in make_batch(start, stop).items()}
@@ -174,7 +177,9 @@ class Model:
         if name not in model_outputs:
           raise ValueError(f"the model ({self.config.model.name}) has no output {name!r}; fix "
                            f"config.inference (outputs: {sorted(model_outputs)})")
-        results[name].append(np.asarray(jax.device_get(model_outputs[name]))[: stop - start])
+      for name in (*outputs, *(n for n in optional if n in model_outputs)):
+        rows = np.asarray(jax.device_get(model_outputs[name]))[: stop - start]
+        results.setdefault(name, []).append(rows)
     return {name: np.concatenate(parts) for name, parts in results.items()}
 
   def encode_images(self, images: Sequence[ImageLike] | np.ndarray, *,
@@ -190,7 +195,7 @@ class Model:
 
   def encode_texts(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
     """[N, D] embeddings of texts (titles, queries)."""
-    texts = list(texts) if not isinstance(texts, str) else texts
+    texts = _as_text_list(texts)
     return self._run(len(texts), lambda a, b: self._tokens(texts[a:b]), ("text_emb",),
                      progress)["text_emb"]
 
@@ -198,7 +203,7 @@ class Model:
                       *, progress: bool | None = None) -> dict[str, np.ndarray]:
     """Products as photo + title: {"image": [N, D] the photo's embedding given its title
     (`config.inference.product_output`), "text": [N, D] the title's}."""
-    images, titles = _as_list(images), list(titles)
+    images, titles = _as_list(images), _as_text_list(titles)
     if len(images) != len(titles):
       raise ValueError(f"{len(images)} images but {len(titles)} titles; give one per product")
     key = self.config.inference.product_output
@@ -214,18 +219,18 @@ class Model:
     (`config.inference.image_map_output`, or `product_map_output` with titles), and for
     ECLIP "queries": [N, K, gh, gw], each instance query's cross-attention."""
     images = _as_list(images)
+    titles = None if titles is None else _as_text_list(titles)
     key = self.config.inference[
         "image_map_output" if titles is None else "product_map_output"]
     if not key:
       raise ValueError(f"this run's model ({self.config.model.name}) has no map of an image "
                        "alone (config.inference.image_map_output is empty); pass titles")
-    outputs = (key, "query_attn") if self.config.model.name == "eclip" else (key,)
 
     def make_batch(start, stop):
       batch = self._images(images[start:stop])
-      return batch if titles is None else {**batch, **self._tokens(list(titles)[start:stop])}
+      return batch if titles is None else {**batch, **self._tokens(titles[start:stop])}
 
-    result = self._run(len(images), make_batch, outputs, progress)
+    result = self._run(len(images), make_batch, (key,), progress, optional=("query_attn",))
     maps = {"map": result[key]}
     if "query_attn" in result:
       maps["queries"] = result["query_attn"]
@@ -275,6 +280,12 @@ def _as_list(images: Sequence[ImageLike] | np.ndarray) -> list[ImageLike]:
   if isinstance(images, (str, os.PathLike, bytes, Image.Image)):
     raise TypeError("pass a list of images, not one image")
   return list(images)
+
+
+def _as_text_list(texts: Sequence[str]) -> list[str]:
+  if isinstance(texts, str):
+    raise TypeError("pass a list of strings, not one string")
+  return list(texts)
 
 
 def _pad(rows: np.ndarray, size: int) -> np.ndarray:

@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 from etils import epath
+from safetensors import numpy as safetensors_np
 
 from eclip_jax import optim
 
@@ -68,8 +69,6 @@ def read_state_dict(path: str | epath.Path) -> dict[str, np.ndarray]:
   path = epath.Path(path)
   if str(path).endswith(SAFETENSORS_SUFFIX):
     # (numpy reads bfloat16 through ml_dtypes, which importing jax registers.)
-    from safetensors import numpy as safetensors_np  # pylint: disable=g-import-not-at-top
-
     return safetensors_np.load(path.read_bytes())
   if str(path).endswith(TORCH_SUFFIXES):
     try:
@@ -114,8 +113,6 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 def save_safetensors(path: str | epath.Path, params: Mapping[str, Any]) -> None:
   """Params (host or fully addressable device arrays) as one safetensors file."""
-  from safetensors import numpy as safetensors_np  # pylint: disable=g-import-not-at-top
-
   # (Not np.ascontiguousarray: it turns scalars into shape (1,).)
   flat = {name: np.asarray(jax.device_get(value), order="C")
           for name, value in flatten(params).items()}

@@ -505,8 +505,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
 # Export: --mode=export.
 # --------------------------------------------------------------------------------------------
 EXPORT_DIR = "export"
-
-
 EXPORT_SAFETENSORS = "params.safetensors"
 EXPORT_TOKENIZER = "tokenizer.model"
 

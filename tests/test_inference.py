@@ -164,3 +164,15 @@ def test_errors_name_the_fix(model, tiny_eclip_run, tmp_path):
     model.encode_images([b"not an image"])
   with pytest.raises(ValueError, match="2 images but 1 titles"):
     model.encode_products([np.zeros((8, 8, 3), np.uint8)] * 2, ["one"])
+  with pytest.raises(TypeError, match="a list of strings"):
+    model.encode_texts("red shoe")
+  with pytest.raises(FileNotFoundError, match="no checkpoint yet"):
+    (tmp_path / "fresh" / checkpoint_lib.CHECKPOINT_DIR).mkdir(parents=True)
+    inference.Model.load(tmp_path / "fresh")
+  # A CLIP run's config has no image-only map: its maps need the titles.
+  model.config.inference.image_map_output = ""
+  try:
+    with pytest.raises(ValueError, match="no map of an image alone .* pass titles"):
+      model.instance_maps([np.zeros((8, 8, 3), np.uint8)])
+  finally:
+    model.config.inference.image_map_output = "instance_attn_img"

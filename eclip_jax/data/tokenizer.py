@@ -132,8 +132,7 @@ class Tokenizer:
     model_path = epath.Path(model_path)
     model_path.write_bytes(self._model_proto)
     if self.normalizer is not None:
-      _sidecar(model_path).write_text(
-          json.dumps({"normalizer": self.normalizer, "vocab_size": self.vocab_size}))
+      _sidecar(model_path).write_text(json.dumps({"normalizer": self.normalizer}))
     return model_path
 
   @property
