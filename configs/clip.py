@@ -12,7 +12,13 @@ listings), R@10 0.039, zero-shot category top-1 0.092 against 0.04 (RESULTS.md, 
 Variants: `tiny` (CPU), `s16`, `b32`, `b16`, `l14` (accelerators; ViT S/16 ... L/14 with text
 towers of matching size, bfloat16 compute, scanned + rematerialized layers). Add `runlocal`
 to any variant for a few-step smoke run on toyshop/tiny, e.g. `--config=configs/clip.py:b16,runlocal`.
-Add `sigmoid` for the SigLIP loss instead of softmax InfoNCE.
+Add `sigmoid` for the SigLIP loss instead of softmax InfoNCE. Start from OpenAI CLIP weights
+with `clip_towers=image` (or `image+text`), which lays those towers out as CLIP's, and
+`--config.init_from=<CLIP model.safetensors>` (README, "Start from CLIP weights"):
+
+  python -m eclip_jax.main --config=configs/clip.py:b32,clip_towers=image \
+      --workdir=workdirs/clip_b32_from_openai --config.init_from=clip-vit-base-patch32.safetensors \
+      --config.init_params='^image_(tower|proj)/'
 
 Sweep (`get_sweep`): the variant's learning rate halved, as is and doubled, x seeds 0-2 (9
 runs); with `runlocal`, lr halved and as is x seeds 0-1 (10-step runs on toyshop/tiny, about
@@ -39,7 +45,7 @@ VARIANTS = {
 
 
 def _parse(arg: str | None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, variant="tiny", runlocal=False, sigmoid=False)
+  arg = common.parse_arg(arg, variant="tiny", runlocal=False, sigmoid=False, clip_towers="")
   if arg.variant not in VARIANTS:
     raise ValueError(f"unknown clip variant {arg.variant!r}; choose one of {sorted(VARIANTS)}")
   return arg
@@ -84,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   if on_cpu:
     config.model.image.patch_size = 8
+  common.use_clip_layout(config, arg.clip_towers)
   config.objectives = ml_collections.ConfigDict({"clip": 1.0})
   config.loss.kind = "sigmoid" if arg.sigmoid else "softmax"
   if arg.sigmoid:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from eclip_jax import interop
 from eclip_jax.config_base import base_config  # noqa: F401  (re-exported for config files)
+
+CLIP_TOWERS = ("image", "text")
+CLIP_TEXT_LEN = 77  # CLIP's position embeddings (a shorter input.max_text_len is fine)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -46,3 +50,25 @@ def make_runlocal(config: ml_collections.ConfigDict) -> None:
   config.optim.warmup_steps = 2
   for name in config.evals:
     config.evals[name].batch_size = 16
+
+
+def use_clip_layout(config: ml_collections.ConfigDict, towers: str) -> None:
+  """Lays out the towers named in `towers` (`"image"`, `"text"` or `"image+text"`; `""`:
+  none) as OpenAI CLIP's, so that `--config.init_from=<CLIP .safetensors>` loads into them
+  exactly (eclip_jax/interop.py). The sizes stay the variant's: `b32`, `b16` and `l14` are
+  CLIP ViT-B/32, B/16 and L/14 (at 224 px).
+
+  The text layout takes CLIP's 49408-token BPE vocabulary, which this codebase's
+  SentencePiece tokenizers do not produce: see interop.py before importing a text tower.
+  """
+  chosen = set(filter(None, towers.split("+")))
+  if chosen - set(CLIP_TOWERS):
+    raise ValueError(f"clip_towers={towers!r}: name towers of {CLIP_TOWERS} joined by '+'")
+  clip = {"activation": "quick_gelu", "norm_eps": interop.CLIP_NORM_EPS}
+  if "image" in chosen:
+    config.model.image.update(pool="cls", pre_norm=True, **clip)
+  if "text" in chosen:
+    # These two fields refer to input fields (which pick the tokenizer): replace, not set.
+    del config.model.text["vocab_size"], config.model.text["max_len"]
+    config.model.text.update(vocab_size=interop.CLIP_VOCAB_SIZE, max_len=CLIP_TEXT_LEN,
+                             pool="eos", **clip)

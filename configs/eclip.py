@@ -16,7 +16,8 @@ against CLIP's 0.038. On toyshop/medium_lifestyle neither ECLIP nor CLIP leaves 
 `--config.input.crop_to_box=True`) both learn, so what fails there is finding the product.
 
 Variants: `tiny` (CPU), `b16`, `l14` (accelerators; the clip.py variant of that name plus a
-decoder of matching width). Add `runlocal` for a few-step smoke run on toyshop/tiny. Ablate
+decoder of matching width). Add `runlocal` for a few-step smoke run on toyshop/tiny, and
+`clip_towers=image` to start from CLIP's image tower as configs/clip.py says. Ablate
 a pretext task by zeroing its weight, e.g. `--config.objectives.instance_consistency=0`.
 """
 
@@ -36,11 +37,11 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, variant="tiny", runlocal=False)
+  arg = common.parse_arg(arg, variant="tiny", runlocal=False, clip_towers="")
   if arg.variant not in VARIANTS:
     raise ValueError(f"unknown eclip variant {arg.variant!r}; choose one of {sorted(VARIANTS)}")
   clip_variant, num_queries, depth, num_heads, mlp_dim = VARIANTS[arg.variant]
-  config = clip.get_config(clip_variant)
+  config = clip.get_config(f"{clip_variant},clip_towers={arg.clip_towers}")
 
   # Two different photos of each product per example (one photo, augmented twice, when a
   # listing has only one): the intra-product task compares their instances.
@@ -71,6 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
 
   instance = "instance_emb_img"  # image-only: a title must not pick its own photo's embedding
+  config.inference.update(image_output=instance, product_output="instance_emb",
+                          image_map_output="instance_attn_img", product_map_output="instance_attn")
   config.evals = ml_collections.ConfigDict({
       "retrieval": {"type": "retrieval", "split": "validation", "image_output": instance},
       "zeroshot": {"type": "zeroshot_classification", "split": "validation",

@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from eclip_jax import interop
 from eclip_jax import optim
 
 # What a checkpoint's data item restores into: an iterator, a function of the step giving
@@ -36,6 +37,7 @@ from eclip_jax import optim
 DataTarget = grain.DatasetIterator | Callable[[int], grain.DatasetIterator] | None
 
 CHECKPOINT_DIR = "checkpoints"
+EXPORT_PARAMS = "params"  # an export dir's params (`save_params`), beside its config.json
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable checkpoint is renamed `<step>.corrupt`
 
 
@@ -225,27 +227,59 @@ def _resolve_checkpoint_dir(path: str) -> tuple[epath.Path, int]:
   return path, max(steps)
 
 
-def load_params(init_from: str, params: Any, abstract_params: Any, include: str) -> Any:
+def load_params(init_from: str, params: Any, abstract_params: Any, include: str, *,
+                value_range: tuple[float, float] = (-1.0, 1.0)) -> Any:
   """`params` with the leaves whose path matches `include` replaced by those saved in
-  `init_from` (params only; the optimizer state starts fresh)."""
-  directory, step = _resolve_checkpoint_dir(init_from)
+  `init_from` (params only; the optimizer state starts fresh).
+
+  `init_from` is a run workdir, its `checkpoints/` dir, one step's dir, an export dir
+  (`--mode=export`'s `WORKDIR/export`) or a weights file: a `.safetensors` (or PyTorch
+  state dict) of this codebase's params or of an OpenAI/HF CLIP model (eclip_jax/interop.py,
+  which also says what `value_range`, the input images' range, is for). Parameters a weights
+  file lacks keep their values in `params`, with a warning naming them.
+  """
   pattern = re.compile(include)
   wanted = optim.map_params(lambda path, _: bool(pattern.search(path)), params)
   target = _prune(abstract_params, wanted)
   if not target:
     raise ValueError(f"config.init_params={include!r} matches no parameter.")
-  with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": target},
-            restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
-            partial_restore=True,
-        )),
-    )["state"]["params"]
-  logging.info("Loaded %d parameter arrays from %s step %d.",
-               len(jax.tree.leaves(restored)), directory, step)
+  if interop.is_weight_file(init_from):
+    loaded = _prune(interop.read_params(init_from, abstract_params, include=include,
+                                        value_range=value_range), wanted)
+    shardings = {path: leaf.sharding for path, leaf in interop.flatten(target).items()}
+    restored = interop.unflatten({path: jax.device_put(value, shardings[path])
+                                  for path, value in interop.flatten(loaded).items()})
+    missing = sorted(set(shardings) - set(interop.flatten(restored)))
+    if missing:
+      logging.warning("%s has no weights for %d of the %d parameters config.init_params=%r "
+                      "selects; they keep their initial values: %s", init_from, len(missing),
+                      len(shardings), include, ", ".join(missing))
+    source = init_from
+  elif (absolute(init_from) / EXPORT_PARAMS).exists():
+    restored = _restore_export(absolute(init_from) / EXPORT_PARAMS, target)
+    source = init_from
+  else:
+    directory, step = _resolve_checkpoint_dir(init_from)
+    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
+      restored = manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+              item={"params": target},
+              restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
+              partial_restore=True,
+          )),
+      )["state"]["params"]
+    source = f"{directory} step {step}"
+  logging.info("Loaded %d parameter arrays from %s.", len(jax.tree.leaves(restored)), source)
   return _merge(params, restored)
+
+
+def _restore_export(directory: epath.Path, target: dict) -> dict:
+  """The leaves of `target` from an export's params (an Orbax PyTree of params alone)."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    return checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
 
 
 def save_params(directory: epath.Path, params: Any) -> None:

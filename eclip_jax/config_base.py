@@ -30,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3  # most recent ones kept
   config.keep_checkpoints_every_steps = 0  # also keep every M-th step forever (0: none)
-  config.init_from = ""  # a checkpoint dir or run workdir: load params only (not opt state)
+  # Load params only (not opt state) from a run workdir, checkpoint or export dir, or a
+  # .safetensors file (this codebase's or OpenAI/HF CLIP's: eclip_jax/interop.py).
+  config.init_from = ""
   config.init_params = ".*"  # regex over "/"-joined param paths to take from init_from
   config.peak_flops_per_device = 0.0  # for MFU; 0 = unknown, MFU not reported
 
@@ -79,4 +81,12 @@ def base_config() -> ml_collections.ConfigDict:
   })
 
   config.evals = ml_collections.ConfigDict()
+
+  # Which model outputs eclip_jax/inference.py returns for this run's checkpoints.
+  config.inference = ml_collections.ConfigDict({
+      "image_output": "image_emb",  # encode_images: an image-only embedding
+      "product_output": "image_emb",  # encode_products: the photo's embedding given its title
+      "image_map_output": "",  # instance_maps without titles ("": the model has none)
+      "product_map_output": "patch_text_sim",  # instance_maps with titles
+  })
   return config

@@ -40,6 +40,7 @@ from eclip_jax import checkpoint as checkpoint_lib
 from eclip_jax import config_base
 from eclip_jax import evals as evals_lib
 from eclip_jax import gradients
+from eclip_jax import interop
 from eclip_jax import metrics as metrics_lib
 from eclip_jax import models
 from eclip_jax import objectives as objectives_lib
@@ -106,8 +107,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     raise ValueError(f"config.loss.impl={config.loss.impl!r} is unknown; use one of "
                      f"{contrastive.IMPLS}.")
   builder = pipeline.prepared_builder(config.input.dataset, config.input.data_dir)
-  tokenizer_path = config.input.tokenizer or tokenizer_lib.default_tokenizer_path(
-      builder.data_dir, config.input.vocab_size)
+  tokenizer_path = pipeline.tokenizer_path(config.input, builder)
   if "text" in config.input.modalities and not epath.Path(tokenizer_path).exists():
     raise FileNotFoundError(
         f"the tokenizer {tokenizer_path} does not exist; set config.input.tokenizer to a "
@@ -470,7 +470,7 @@ def _initial_state(setup: Setup, checkpointer, data: _TrainData) -> TrainState:
   if setup.config.init_from:
     params = checkpoint_lib.load_params(
         setup.config.init_from, state.params, setup.abstract_state.params,
-        setup.config.init_params,
+        setup.config.init_params, value_range=tuple(setup.config.input.value_range),
     )
     state = state.replace(params=params)
   return state
@@ -574,16 +574,26 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
 # Export: --mode=export.
 # --------------------------------------------------------------------------------------------
 EXPORT_DIR = "export"
+EXPORT_SAFETENSORS = "params.safetensors"
+EXPORT_TOKENIZER = "tokenizer.model"
 
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
   """Writes the latest checkpoint's parameters alone (no optimizer state, a third of the
-  size) to `WORKDIR/export/params`, with `config.json` beside them, for inference."""
+  size) to `WORKDIR/export/params` (Orbax) and `params.safetensors`, with `config.json`,
+  `step` and the run's tokenizer beside them: all that inference (eclip_jax/inference.py)
+  needs, wherever the dataset is."""
   workdir = epath.Path(workdir)
   _, step, params = _latest_params(config, workdir, "export")
   directory = workdir / EXPORT_DIR
-  checkpoint_lib.save_params(directory / "params", params)
+  checkpoint_lib.save_params(directory / checkpoint_lib.EXPORT_PARAMS, params)
+  host_params = parallel.to_host(params)  # every process takes part in the gather
   if jax.process_index() == 0:
+    interop.save_safetensors(directory / EXPORT_SAFETENSORS, host_params)
     (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
     (directory / "step").write_text(str(step))
+    if "text" in config.input.modalities:
+      builder = pipeline.prepared_builder(config.input.dataset, config.input.data_dir)
+      tokenizer_lib.Tokenizer(pipeline.tokenizer_path(config.input, builder)).save(
+          directory / EXPORT_TOKENIZER)
   return directory

@@ -45,3 +45,28 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: end-to-end runs (subprocesses, many steps); still run in CI"
   )
+
+
+@pytest.fixture(scope="session")
+def tiny_eclip_run(toyshop_tiny, tmp_path_factory):
+  """A 6-step ECLIP tiny run on toyshop/tiny, its parameters sharded over a 2x2x2 mesh of the
+  8 devices, evaluated at steps 3 and 6 (grounding pictures included), then exported:
+  (workdir, config). What the inference, notebook and report tests read."""
+  from configs import eclip  # pylint: disable=g-import-not-at-top
+  from eclip_jax import trainer  # pylint: disable=g-import-not-at-top
+
+  config = eclip.get_config("tiny,runlocal")
+  config.input.data_dir = toyshop_tiny[0]
+  config.input.vocab_size = 1000
+  config.input.image_size = 32
+  config.input.max_text_len = 16
+  config.model.embed_dim = 32
+  config.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+  config.total_steps = 6
+  config.log_every_steps = 2
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = 6
+  workdir = tmp_path_factory.mktemp("eclip_run")
+  trainer.train(config, str(workdir))
+  trainer.export(config, str(workdir))
+  return workdir, config

@@ -121,6 +121,13 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str, fields: Sequence[s
   return source if fields is None else FieldsDataSource(source, fields)
 
 
+def tokenizer_path(input_config: ml_collections.ConfigDict,
+                   builder: tfds.core.DatasetBuilder) -> str:
+  """`input.tokenizer`, else the tokenizer `prepare` stored beside the dataset."""
+  return input_config.tokenizer or str(
+      tokenizer_lib.default_tokenizer_path(builder.data_dir, input_config.vocab_size))
+
+
 def make_transform(
     input_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder | None
 ) -> transforms.ExampleTransform:
@@ -128,8 +135,7 @@ def make_transform(
   (`builder` None: without one, a transform that only describes examples)."""
   tokenizer = None
   if builder is not None:
-    tokenizer = tokenizer_lib.Tokenizer(input_config.tokenizer or str(
-        tokenizer_lib.default_tokenizer_path(builder.data_dir, input_config.vocab_size)))
+    tokenizer = tokenizer_lib.Tokenizer(tokenizer_path(input_config, builder))
   return transforms.ExampleTransform(
       tokenizer=tokenizer,
       modalities=tuple(input_config.modalities),

@@ -127,6 +127,14 @@ class Tokenizer:
     self.__dict__.update(state)
     self._load()
 
+  def save(self, model_path: str | epath.Path) -> epath.Path:
+    """Writes this tokenizer (the model and its normalizer sidecar) to `model_path`."""
+    model_path = epath.Path(model_path)
+    model_path.write_bytes(self._model_proto)
+    if self.normalizer is not None:
+      _sidecar(model_path).write_text(json.dumps({"normalizer": self.normalizer}))
+    return model_path
+
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()

@@ -121,8 +121,12 @@ def decode_crop_resize(
     raise SkipRecord("undecodable_image") from error
   scale_x, scale_y = image.size[0] / width, image.size[1] / height
   scaled = (crop[0] * scale_x, crop[1] * scale_y, crop[2] * scale_x, crop[3] * scale_y)
-  pixels = image.resize((size, size), Image.Resampling.BILINEAR, box=scaled)
-  return np.asarray(pixels), crop, (width, height)
+  return crop_resize(image, size, scaled), crop, (width, height)
+
+
+def crop_resize(image: Image.Image, size: int, crop: PixelBox) -> np.ndarray:
+  """`crop` (in the image's pixels) of an RGB image, resized to uint8 [size, size, 3]."""
+  return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=crop))
 
 
 def box_in_crop(
@@ -326,7 +330,7 @@ def _images(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
     pixels, crop, source_size = decode_crop_resize(
         encoded[image_index], transform.image_size, choose_crop
     )
-    views.append(_to_value_range(pixels[:, ::-1] if flipped else pixels, transform.value_range))
+    views.append(to_value_range(pixels[:, ::-1] if flipped else pixels, transform.value_range))
     if len(boxes):
       box, visible = box_in_crop(boxes[image_index], crop, source_size, flipped)
     else:
@@ -395,7 +399,7 @@ def _video(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
       except SkipRecord as error:
         raise SkipRecord("undecodable_video") from error
       mask[slot] = True
-  return {"video": _to_value_range(video, transform.value_range), "video_mask": mask}
+  return {"video": to_value_range(video, transform.value_range), "video_mask": mask}
 
 
 def _video_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
@@ -440,7 +444,7 @@ def _to_str(value: bytes | str) -> str:
   return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-def _to_value_range(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+def to_value_range(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
   low, high = value_range
   scaled = pixels.astype(np.float32)  # a copy, also of a flipped view: contiguous output
   scaled *= (high - low) / 255.0

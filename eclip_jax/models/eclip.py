@@ -127,7 +127,7 @@ class ECLIP(two_tower.TwoTower):
     towers = super().flops_per_example(input_config)
     if "image" not in input_config.modalities:
       return towers
-    vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
+    vit_size, patch = vit.ViT(**self.image, parent=None).shape()
     decoder = instance_decoder.InstanceDecoder(**(self.decoder or {}), parent=None)
     num_patches = (input_config.image_size // patch) ** 2
     per_view = (decoder.flops_per_image(num_patches, vit_size.width)

@@ -14,10 +14,15 @@ propagation most needs a hint.
 
 `Encoder` can scan its blocks (`nn.scan`: one compiled block, parameters stacked on a leading
 `layers` axis) and rematerialize them (`nn.remat` with one of `REMAT_POLICIES`).
+
+The MLP's `activation` (one of `ACTIVATIONS`) and the LayerNorms' `norm_eps` are fields
+so that imported checkpoints (OpenAI CLIP: QuickGELU, eps 1e-5; eclip_jax/interop.py) run
+exactly as trained; the defaults are what every model of this codebase trains with.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -38,6 +43,14 @@ REMAT_POLICIES = ("none", *_CHECKPOINT_POLICIES)
 
 partitioned = nn.with_logical_partitioning
 
+ACTIVATIONS = {
+    "gelu_tanh": nn.gelu,  # flax's default GELU, the tanh approximation
+    "gelu": functools.partial(nn.gelu, approximate=False),  # exact (erf)
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's
+}
+DEFAULT_ACTIVATION = "gelu_tanh"
+DEFAULT_NORM_EPS = 1e-6  # flax's LayerNorm default
+
 
 class TowerSize(NamedTuple):
   """The shape of a transformer tower."""
@@ -47,9 +60,16 @@ class TowerSize(NamedTuple):
   num_heads: int
   mlp_dim: int
 
+  def override(self, **fields: int | None) -> TowerSize:
+    """This size with the fields that are not None replaced (a tower field such as
+    `width=48` reshapes a named variant, e.g. to match an imported checkpoint)."""
+    return self._replace(**{k: int(v) for k, v in fields.items() if v is not None})
 
-def layer_norm(dtype: DType, param_dtype: DType, name: str | None = None) -> nn.LayerNorm:
+
+def layer_norm(dtype: DType, param_dtype: DType, name: str | None = None,
+               epsilon: float = DEFAULT_NORM_EPS) -> nn.LayerNorm:
   return nn.LayerNorm(
+      epsilon=epsilon,
       dtype=dtype,
       param_dtype=param_dtype,
       scale_init=partitioned(nn.initializers.ones, ("embed",)),
@@ -155,14 +175,17 @@ class MultiHeadAttention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-  """Dense -> GELU -> Dense, back to the input width."""
+  """Dense -> activation (GELU) -> Dense, back to the input width."""
 
   mlp_dim: int
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
+  activation: str = DEFAULT_ACTIVATION
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation={self.activation!r} is not one of {tuple(ACTIVATIONS)}")
     def dense(features, axes, name):
       return nn.Dense(
           features,
@@ -174,7 +197,7 @@ class MlpBlock(nn.Module):
       )
 
     width = x.shape[-1]
-    x = nn.gelu(dense(self.mlp_dim, ("embed", "mlp"), "fc1")(x))
+    x = ACTIVATIONS[self.activation](dense(self.mlp_dim, ("embed", "mlp"), "fc1")(x))
     return dense(width, ("mlp", "embed"), "fc2")(x)
 
 
@@ -186,16 +209,18 @@ class TransformerBlock(nn.Module):
   causal: bool = False
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
+  activation: str = DEFAULT_ACTIVATION
+  norm_eps: float = DEFAULT_NORM_EPS
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-    y = layer_norm(self.dtype, self.param_dtype, name="ln_attn")(x)
+    y = layer_norm(self.dtype, self.param_dtype, name="ln_attn", epsilon=self.norm_eps)(x)
     x = x + MultiHeadAttention(
         self.num_heads, self.causal, self.dtype, self.param_dtype, name="attn"
     )(y, mask=mask)
-    y = layer_norm(self.dtype, self.param_dtype, name="ln_mlp")(x)
-    x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")(y)
+    y = layer_norm(self.dtype, self.param_dtype, name="ln_mlp", epsilon=self.norm_eps)(x)
+    x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype, self.activation, name="mlp")(y)
     return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
@@ -219,6 +244,8 @@ class Encoder(nn.Module):
   remat_policy: str = "none"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
+  activation: str = DEFAULT_ACTIVATION
+  norm_eps: float = DEFAULT_NORM_EPS
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -237,9 +264,8 @@ class Encoder(nn.Module):
       )
 
     def make_block(name):
-      return block_cls(
-          self.num_heads, self.mlp_dim, self.causal, self.dtype, self.param_dtype, name=name
-      )
+      return block_cls(self.num_heads, self.mlp_dim, self.causal, self.dtype, self.param_dtype,
+                       self.activation, self.norm_eps, name=name)
 
     if self.scan_layers:
       scan = nn.scan(
@@ -254,4 +280,4 @@ class Encoder(nn.Module):
     else:
       for i in range(self.depth):
         x = make_block(f"block_{i}")(x, mask)
-    return layer_norm(self.dtype, self.param_dtype, name="ln_final")(x)
+    return layer_norm(self.dtype, self.param_dtype, name="ln_final", epsilon=self.norm_eps)(x)

@@ -13,7 +13,11 @@ The tokenizer lays a text out as `BOS pieces... EOS PAD...` with `mask` True on 
 Both also mask padding keys, so no position ever attends to padding: the features at text
 positions do not depend on what fills the padding.
 
-Variants: `"tiny"` (CPU tests), `"S"`, `"B"` (CLIP's text tower), `"L"`.
+Variants: `"tiny"` (CPU tests), `"S"`, `"B"` (CLIP's text tower), `"L"`. As in the ViT,
+`activation`, `norm_eps` and `width` / `depth` / `num_heads` / `mlp_dim` (each replacing the
+variant's when set) let the tower hold an imported CLIP text tower exactly
+(eclip_jax/interop.py). CLIP pools at its EOS token, which `"eos"` pooling finds as the last
+masked-in position when the mask covers BOS..EOS.
 """
 
 from __future__ import annotations
@@ -42,15 +46,27 @@ class TextTransformer(nn.Module):
   vocab_size: int
   max_len: int
   pool: str = "eos"
+  activation: str = layers.DEFAULT_ACTIVATION
+  norm_eps: float = layers.DEFAULT_NORM_EPS
+  width: int | None = None
+  depth: int | None = None
+  num_heads: int | None = None
+  mlp_dim: int | None = None
   scan_layers: bool = False
   remat_policy: str = "none"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
-  @nn.compact
-  def __call__(self, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
+  def size(self) -> TowerSize:
+    """The variant's size, with the size fields that are set."""
     if self.variant not in SIZES:
       raise ValueError(f"text variant={self.variant!r} is not one of {tuple(SIZES)}")
+    return SIZES[self.variant].override(width=self.width, depth=self.depth,
+                                        num_heads=self.num_heads, mlp_dim=self.mlp_dim)
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
+    size = self.size()
     if self.pool not in POOLS:
       raise ValueError(f"text pool={self.pool!r} is not one of {POOLS}")
     length = tokens.shape[1]
@@ -59,7 +75,6 @@ class TextTransformer(nn.Module):
           f"text length {length} exceeds the text tower's max_len={self.max_len}; raise "
           "max_len or shorten input.max_text_len"
       )
-    size = SIZES[self.variant]
 
     token_embed = self.param(
         "token_embed",
@@ -90,6 +105,8 @@ class TextTransformer(nn.Module):
         remat_policy=self.remat_policy,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        activation=self.activation,
+        norm_eps=self.norm_eps,
         name="encoder",
     )(x, key_mask)
 

@@ -144,14 +144,14 @@ class TwoTower(nn.Module):
     (norms, softmaxes and the loss are negligible)."""
     flops = 0.0
     if "image" in input_config.modalities:
-      vit_size, patch = vit.parse_variant(self.image["variant"], self.image.get("patch_size"))
+      vit_size, patch = vit.ViT(**self.image, parent=None).shape()
       num_patches = (input_config.image_size // patch) ** 2
       image = (2 * num_patches * patch * patch * 3 * vit_size.width
                + transformer_flops(num_patches, *vit_size)
                + 2 * vit_size.width * self.embed_dim)
       flops += input_config.num_views * image
     if "text" in input_config.modalities:
-      text_size = text_lib.SIZES[self.text["variant"]]
+      text_size = text_lib.TextTransformer(**self.text, parent=None).size()
       flops += (transformer_flops(input_config.max_text_len, *text_size)
                 + 2 * text_size.width * self.embed_dim)
     return float(flops)

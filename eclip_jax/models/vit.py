@@ -8,6 +8,13 @@ CPU-test size whose patch is the `patch_size` field (default 8). Pooling is `"cl
 [CLS] token), `"gap"` (mean of the patch tokens) or `"map"` (multi-head attention pooling
 with a learned probe). The patch tokens never include [CLS], so the instance decoder and the
 grounding evals see exactly the `grid` of patches.
+
+Fields that let the tower hold an OpenAI/HF CLIP image tower exactly (eclip_jax/interop.py;
+the defaults are this codebase's own ViT): `pre_norm` (a LayerNorm over [CLS] + patches
+before the first block, CLIP's `ln_pre`), `activation` (`"quick_gelu"`), `norm_eps` (1e-5),
+and `width` / `depth` / `num_heads` / `mlp_dim`, each replacing the variant's when set.
+CLIP's [CLS] position embedding needs no field: it is a constant added to [CLS], folded into
+`cls_token` on import.
 """
 
 from __future__ import annotations
@@ -78,14 +85,27 @@ class ViT(nn.Module):
   variant: str
   patch_size: int | None = None
   pool: str = "cls"
+  pre_norm: bool = False
+  activation: str = layers.DEFAULT_ACTIVATION
+  norm_eps: float = layers.DEFAULT_NORM_EPS
+  width: int | None = None
+  depth: int | None = None
+  num_heads: int | None = None
+  mlp_dim: int | None = None
   scan_layers: bool = False
   remat_policy: str = "none"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
+  def shape(self) -> tuple[TowerSize, int]:
+    """(tower size, patch size): the variant's, with the size fields that are set."""
+    size, patch = parse_variant(self.variant, self.patch_size)
+    return size.override(width=self.width, depth=self.depth, num_heads=self.num_heads,
+                         mlp_dim=self.mlp_dim), patch
+
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, dict]:
-    size, patch = parse_variant(self.variant, self.patch_size)
+    size, patch = self.shape()
     if self.pool not in POOLS:
       raise ValueError(f"ViT pool={self.pool!r} is not one of {POOLS}")
     batch, height, width, _ = images.shape
@@ -122,6 +142,8 @@ class ViT(nn.Module):
       )
       cls_token = jnp.broadcast_to(cls_token.astype(self.dtype), (batch, 1, size.width))
       x = jnp.concatenate([cls_token, x], axis=1)
+    if self.pre_norm:
+      x = layers.layer_norm(self.dtype, self.param_dtype, name="ln_pre", epsilon=self.norm_eps)(x)
 
     x = layers.Encoder(
         size.depth,
@@ -131,6 +153,8 @@ class ViT(nn.Module):
         remat_policy=self.remat_policy,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        activation=self.activation,
+        norm_eps=self.norm_eps,
         name="encoder",
     )(x)
 
