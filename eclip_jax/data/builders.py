@@ -18,7 +18,6 @@ import tensorflow_datasets as tfds
 from eclip_jax.data import manifest  # noqa: F401  (registers product_manifest)
 from eclip_jax.data import schema
 from eclip_jax.data import toyshop
-from eclip_jax.data import toyshop_render
 
 
 def canonical_toyshop_name(spec: toyshop.ToyshopSpec) -> str:
@@ -69,7 +68,7 @@ class Toyshop(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       ToyshopConfig.from_name(size if clutter == "cluttered" else f"{size}_{clutter}")
       for size in toyshop.SIZE_NUM_LISTINGS
-      for clutter in toyshop_render.CLUTTER_LEVELS
+      for clutter in toyshop.CLUTTER_LEVELS
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "tiny"
 
