@@ -63,8 +63,14 @@ def _make_listing_in_worker(product_index: int) -> dict[str, Any]:
 class Toyshop(tfds.core.GeneratorBasedBuilder):
   """Synthetic e-commerce listings with boxes, duplicates, video and audio."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "2.0.0": "A difficulty ladder: new level `light` between `clean` and `cluttered`. Off "
+               "the studio, objects' centers are spread over the whole frame (products may "
+               "be cut by its edge; boxes are clipped to it), so the center prior stays "
+               "within 2x box-area chance; rooms' horizons vary more. `clean` is unchanged.",
+      "1.0.0": "First release.",
+  }
   BUILDER_CONFIGS = [
       ToyshopConfig.from_name(size if clutter == "cluttered" else f"{size}_{clutter}")
       for size in toyshop.SIZE_NUM_LISTINGS

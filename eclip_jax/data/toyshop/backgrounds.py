@@ -1,7 +1,8 @@
-"""What a product stands in front of: studio sweeps, random textures and rooms.
+"""What a product stands in front of: studio sweeps, tinted sets, random textures, rooms.
 
-The clutter level (scenes.py) picks one painter; the room painter also returns the
-surfaces (floor, tables, shelves, sofas) objects stand on.
+Each clutter level (scenes.py) names one painter, `painter(size, rng) -> (frame, surfaces)`:
+a float32 [size, size, 3] frame and, for rooms only, the surfaces (floor, tables, shelves,
+sofas) objects stand on (None elsewhere: objects go anywhere in the frame).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from eclip_jax.data.toyshop import drawers
+
 
 class Surface(NamedTuple):
   """Where objects may stand: bottom edge y in [y_lo, y_hi], center x in [x_lo, x_hi]."""
@@ -30,13 +32,14 @@ def _add_noise(frame: np.ndarray, sigma: float, rng: np.random.Generator) -> Non
   frame += sigma * rng.standard_normal((size, size, 1), dtype=np.float32)
 
 
-def clean_background(size: int, rng: np.random.Generator) -> np.ndarray:
+def studio(size: int, rng: np.random.Generator) -> tuple[np.ndarray, None]:
+  """A near-white sweep with a gentle vertical ramp."""
   base = rng.uniform(222, 248) + rng.uniform(-6, 6, 3)
   slope = rng.uniform(-14, 14)
   ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)[:, None, None]
   frame = np.asarray(base, np.float32) + slope * ramp + np.zeros((1, size, 1), np.float32)
   _add_noise(frame, 1.5, rng)
-  return frame
+  return frame, None
 
 
 def _blend(frame: np.ndarray, where: np.ndarray, rgb: drawers.RGB, opacity: float) -> None:
@@ -86,19 +89,32 @@ def _color_noise_layer(frame: np.ndarray, rng: np.random.Generator) -> None:
 _TEXTURE_LAYERS = (_stripes_layer, _tiles_layer, _blotches_layer, _color_noise_layer)
 
 
-def cluttered_background(size: int, rng: np.random.Generator) -> np.ndarray:
+def textures(size: int, rng: np.random.Generator) -> tuple[np.ndarray, None]:
+  """Two to four random texture layers at full strength over a random color."""
   frame = np.empty((size, size, 3), np.float32)
   frame[:] = _random_rgb(rng)
   order = rng.permutation(len(_TEXTURE_LAYERS))[: rng.integers(2, len(_TEXTURE_LAYERS) + 1)]
   for k in order:
     _TEXTURE_LAYERS[k](frame, rng)
   _add_noise(frame, 5.0, rng)
-  return frame
+  return frame, None
 
 
 def _muted_rgb(rng: np.random.Generator, toward: int) -> drawers.RGB:
   """A random color pulled halfway to gray level `toward` (walls, floors)."""
   return tuple(int(0.45 * c + 0.55 * toward) for c in rng.integers(0, 256, 3))
+
+
+def tinted_studio(size: int, rng: np.random.Generator) -> tuple[np.ndarray, None]:
+  """A pale tinted set with one faint texture (a tablecloth, a wall): the common listing
+  photo, busier than a studio sweep but nowhere near competing with the product."""
+  frame = np.empty((size, size, 3), np.float32)
+  frame[:] = _muted_rgb(rng, 215)
+  textured = frame.copy()
+  _TEXTURE_LAYERS[rng.integers(len(_TEXTURE_LAYERS))](textured, rng)
+  frame += np.float32(rng.uniform(0.15, 0.35)) * (textured - frame)
+  _add_noise(frame, 2.0, rng)
+  return frame, None
 
 
 def _draw_floor(draw: ImageDraw.ImageDraw, size: int, horizon: int,
@@ -174,13 +190,14 @@ def _draw_prop(draw, kind: str, size: int, horizon: int,
 _PROPS = ("window", "picture", "table", "shelf", "sofa")
 
 
-def lifestyle_background(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Surface]]:
-  horizon = int(size * rng.uniform(0.38, 0.62))
+def room(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Surface]]:
+  """Wall, floor and two or three props (window, picture, table, shelf, sofa)."""
+  horizon = int(size * rng.uniform(0.25, 0.75))
   img = Image.new("RGB", (size, size), _muted_rgb(rng, 205))
   draw = ImageDraw.Draw(img)
   _draw_floor(draw, size, horizon, rng)
   draw.rectangle((0, horizon - max(1, size // 40), size, horizon), fill=(236, 234, 228))
-  surfaces = [Surface(horizon + 0.08 * size, size - 1, 0, size)]
+  surfaces = [Surface(horizon + 0.08 * size, 1.1 * size, 0, size)]
   for kind in rng.permutation(_PROPS)[: rng.integers(2, 4)]:
     surface = _draw_prop(draw, str(kind), size, horizon, rng)
     if surface is not None:

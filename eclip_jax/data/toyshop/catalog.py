@@ -135,7 +135,7 @@ class ToyshopSpec:
 
 
 _NAME_RE = re.compile(
-    r"^(?P<size>[a-z]+)(?:_(?P<clutter>clean|cluttered|lifestyle))?"
+    rf"^(?P<size>[a-z]+)(?:_(?P<clutter>{'|'.join(scenes.CLUTTER_LEVELS)}))?"
     r"(?:_(?P<px>\d+)px)?(?:_seed(?P<seed>\d+))?$"
 )
 
@@ -212,7 +212,8 @@ def build_catalog(spec: ToyshopSpec) -> Catalog:
   product_split = [""] * len(catalog_looks)
   start = 0
   for i, (split, fraction) in enumerate(SPLIT_FRACTIONS):
-    stop = len(catalog_looks) if i == len(SPLIT_FRACTIONS) - 1 else start + round(fraction * len(catalog_looks))
+    last = i == len(SPLIT_FRACTIONS) - 1
+    stop = len(catalog_looks) if last else start + round(fraction * len(catalog_looks))
     for product in order[start:stop]:
       product_split[product] = split
     start = stop
