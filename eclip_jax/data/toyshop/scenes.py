@@ -17,7 +17,7 @@ Position. On every level with distractors an object's top-left is drawn so that 
 `max_cut` of its width (height) may fall beyond either edge of the frame, as in real photos,
 and, in rooms, it stands on a surface. Were the product kept whole inside the frame, a
 large one would almost always cover the image center, and "always point at the center"
-would beat any grounding map (2.6x box-area chance on cluttered in toyshop 1.0.0; now at
+would beat any grounding map (2.8x box-area chance on cluttered in toyshop 1.0.0; now at
 most 2x, tested). Studio shots (`clean`) stay framed whole, as sellers shoot them.
 
 Ground truth is exact because the product is composited last (except for the occluder):
