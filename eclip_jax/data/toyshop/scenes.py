@@ -13,9 +13,10 @@ The difficulty ladder is `_CLUTTER`, one row per level, easiest first:
 sprite renderer) standing behind the product, the product posed and placed, and on
 "cluttered" sometimes one distractor in front of it occluding at most 40% of it.
 
-Position. On every level with distractors an object's top-left is drawn so that up to
-`max_cut` of its width (height) may fall beyond either edge of the frame, as in real photos,
-and, in rooms, it stands on a surface. Were the product kept whole inside the frame, a
+Position. On every level with distractors an object's center is uniform over the frame
+(along its floor or furniture in a room), pushed back in where more than `max_cut` of its
+width (height) would fall beyond the frame's edge: products are sometimes cut by it, as
+in real photos. Were the product kept whole inside the frame, a
 large one would almost always cover the image center, and "always point at the center"
 would beat any grounding map (2.8x box-area chance on cluttered in toyshop 1.0.0; now at
 most 2x, tested). Studio shots (`clean`) stay framed whole, as sellers shoot them.
