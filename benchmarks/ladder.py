@@ -126,11 +126,12 @@ def plot(rows, methods, path: str) -> None:
     axis.set_title(title)
     axis.set_xticks(x, levels)
     axis.set_xlabel("clutter level")
+    axis.set_ylim(bottom=0)
     axis.grid(alpha=0.3)
   for key, style, label in ((REFERENCES[0], ":", "box-area chance"),
                             (REFERENCES[1], "--", "center prior")):
     right.plot(x, [rows[level]["references"][key][0] for level in levels], style, color="gray",
-               label=label)
+               marker="_", markersize=24, label=label)
   left.legend()
   right.legend()
   figure.tight_layout()
