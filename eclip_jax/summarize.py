@@ -5,6 +5,9 @@ r"""Final metrics of several runs as a markdown table with mean ± std (seeds, s
 
 Each run contributes the last value of each metric in its `metrics.jsonl`. `--noaggregate`
 drops the mean ± std row (to put different methods side by side, as `make demo` does).
+`--reading` adds a line per run with a grounding evaluation, reading its pointing accuracy
+against both references: "RUN finds the product in N% of photos vs center prior M% (box-area
+chance K%)".
 Arguments that are files, not directories (a glob catching `RUN.log` beside `RUN/`), are
 skipped and named on stderr; a directory without `metrics.jsonl` is an error.
 """
@@ -24,6 +27,7 @@ _METRICS = flags.DEFINE_list(
     "metrics", ["eval/retrieval/i2t_r1", "eval/retrieval/t2i_r1", "eval/zeroshot/top1"],
     "Metric keys to tabulate.")
 _AGGREGATE = flags.DEFINE_bool("aggregate", True, "End with a mean ± std row over the runs.")
+_READING = flags.DEFINE_bool("reading", False, "Read each run's pointing against its references.")
 
 
 def final_metrics(workdir: str) -> dict[str, float]:
@@ -52,6 +56,18 @@ def table(workdirs: Sequence[str], keys: Sequence[str], aggregate: bool = True) 
   return "\n".join(lines)
 
 
+def pointing_reading(workdir: str, name: str = "grounding") -> str | None:
+  """One sentence reading evaluator `name`'s pointing against its two references, if any."""
+  final = final_metrics(workdir)
+  keys = [f"eval/{name}/{k}" for k in ("pointing_acc", "center_pointing", "chance_pointing")]
+  if not all(k in final for k in keys):
+    return None
+  pointing, center, chance = (final[k] for k in keys)
+  run = epath.Path(workdir).name
+  return (f"{run} finds the product in {pointing:.0%} of photos vs center prior {center:.0%} "
+          f"(box-area chance {chance:.0%})")
+
+
 def run_workdirs(paths: Sequence[str]) -> list[str]:
   """`paths` without the plain files among them (reported on stderr); every directory left
   must hold a `metrics.jsonl`."""
@@ -69,7 +85,11 @@ def run_workdirs(paths: Sequence[str]) -> list[str]:
 
 
 def main(argv):
-  print(table(run_workdirs(argv[1:]), _METRICS.value, _AGGREGATE.value))
+  workdirs = run_workdirs(argv[1:])
+  print(table(workdirs, _METRICS.value, _AGGREGATE.value))
+  if _READING.value:
+    readings = [pointing_reading(workdir) for workdir in workdirs]
+    print("\n" + "\n".join(r for r in readings if r))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 from eclip_jax import evals
 from eclip_jax import parallel
 from eclip_jax.data import pipeline
+from eclip_jax.data import toyshop
 from eclip_jax.evals import classification
 from eclip_jax.evals import common
 from eclip_jax.evals import retrieval
@@ -77,11 +78,14 @@ def test_collapsed_or_nan_embeddings_score_zero():
   assert retrieval.retrieval_metrics(nan, nan, ids)["i2t_r5"] == 0.0  # rank 9 of 10
 
 
-def test_class_display_names():
+def test_class_display_names_and_synonyms():
   assert classification.class_display_name("toyshop", "tshirt") == "t-shirt"
   assert classification.class_display_name("toyshop", "phone") == "smartphone"
   assert classification.class_display_name("toyshop", "t-shirt") == "t-shirt"
   assert classification.class_display_name("m5product", "running_shoe") == "running shoe"
+  assert classification.class_synonyms("toyshop", "t-shirt") == ("t-shirt", "tee", "tshirt", "top")
+  assert classification.class_synonyms("toyshop", "mug") == ("mug", "coffee mug", "cup")
+  assert classification.class_synonyms("m5product", "running_shoe") == ("running shoe",)
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,6 +258,27 @@ def test_a_jitted_sharded_model_scores_as_on_one_device(mesh, tiny_input_config)
   np.testing.assert_allclose(zeroshot.class_embeddings(params), class_emb, atol=1e-5)
 
 
+def test_zeroshot_synonyms_average_every_title_word_of_a_class(mesh, tiny_input_config):
+  """names="synonyms": each class's prompts are its title words x the templates, and its
+  embedding is their normalized mean (a numpy reference on the same prompt embeddings)."""
+  params, apply = _linear_model()
+  apply_fn = jax.jit(apply, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)))
+  evaluator = _build_one(mesh, tiny_input_config, apply_fn, type="zeroshot_classification",
+                         names="synonyms", templates=("{}", "a {}"))
+  synonyms = [info[1] for info in toyshop.CATEGORY_INFO.values()]
+  assert len(evaluator.prompt_tokens) == 2 * sum(len(words) for words in synonyms)
+  tokenizer = evaluator.data.transform.tokenizer
+  backpack = evaluator.prompt_class == 3
+  assert [tokenizer.decode(t) for t in evaluator.prompt_tokens[backpack]] == [
+      "backpack", "a backpack", "rucksack", "a rucksack", "school bag", "a school bag"]
+  prompt_emb = np.asarray(jax.jit(apply)(params, {
+      "text_tokens": evaluator.prompt_tokens, "text_mask": evaluator.prompt_mask})["text_emb"])
+  prompt_emb = prompt_emb / np.linalg.norm(prompt_emb, axis=-1, keepdims=True)
+  class_emb = np.stack([prompt_emb[evaluator.prompt_class == c].mean(0) for c in range(25)])
+  class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
+  np.testing.assert_allclose(evaluator.class_embeddings(params), class_emb, atol=1e-5)
+
+
 # Also a mesh whose batch is split over data x fsdp and replicated over tensor.
 @pytest.mark.parametrize("mesh_axes", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}])
 def test_zeroshot_classification_oracle_is_perfect(mesh_axes, tiny_input_config):
@@ -313,6 +338,8 @@ def test_zeroshot_classification_scores_the_most_similar_class(mesh, tiny_input_
     ({"type": "zeroshot_classification", "templates": ("a photo",)},
      "config.evals.under_test.templates=('a photo',) must be a non-empty tuple of format "
      "strings with exactly one '{}'"),
+    ({"type": "zeroshot_classification", "names": "all"},
+     "config.evals.under_test.names='all' is unknown; choose one of ['display', 'synonyms']"),
     ({"type": "retrieval", "dataset": "toyshop/small"},
      "input.dataset='toyshop/small' is not built in input.data_dir="),
 ])

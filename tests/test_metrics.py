@@ -52,3 +52,15 @@ def test_summarize_skips_log_files_and_rejects_directories_without_metrics(tmp_p
   (tmp_path / "empty").mkdir()
   with pytest.raises(app.UsageError, match="has no metrics.jsonl"):
     summarize.run_workdirs([str(tmp_path / "empty")])
+
+
+def test_pointing_reading_names_both_references(tmp_path):
+  run = tmp_path / "eclip_tiny"
+  run.mkdir()
+  final = {"step": 600, "eval/grounding/pointing_acc": 0.4567,
+           "eval/grounding/center_pointing": 0.3249, "eval/grounding/chance_pointing": 0.2312}
+  (run / "metrics.jsonl").write_text(json.dumps(final) + "\n")
+  assert summarize.pointing_reading(str(run)) == (
+      "eclip_tiny finds the product in 46% of photos vs center prior 32% (box-area chance 23%)")
+  (run / "metrics.jsonl").write_text('{"step": 600, "eval/retrieval/i2t_r1": 0.1}\n')
+  assert summarize.pointing_reading(str(run)) is None

@@ -18,7 +18,6 @@ import tensorflow_datasets as tfds
 from eclip_jax.data import manifest  # noqa: F401  (registers product_manifest)
 from eclip_jax.data import schema
 from eclip_jax.data import toyshop
-from eclip_jax.data import toyshop_render
 
 
 def canonical_toyshop_name(spec: toyshop.ToyshopSpec) -> str:
@@ -64,12 +63,18 @@ def _make_listing_in_worker(product_index: int) -> dict[str, Any]:
 class Toyshop(tfds.core.GeneratorBasedBuilder):
   """Synthetic e-commerce listings with boxes, duplicates, video and audio."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "2.0.0": "A difficulty ladder: new level `light` between `clean` and `cluttered`. Off "
+               "the studio, objects' centers are spread over the whole frame (products may "
+               "be cut by its edge; boxes are clipped to it), so the center prior stays "
+               "within 2x box-area chance; rooms' horizons vary more. `clean` is unchanged.",
+      "1.0.0": "First release.",
+  }
   BUILDER_CONFIGS = [
       ToyshopConfig.from_name(size if clutter == "cluttered" else f"{size}_{clutter}")
       for size in toyshop.SIZE_NUM_LISTINGS
-      for clutter in toyshop_render.CLUTTER_LEVELS
+      for clutter in toyshop.CLUTTER_LEVELS
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "tiny"
 

@@ -1,16 +1,18 @@
 """Zero-shot category classification: each image takes the class whose prompts it matches.
 
 A class's embedding is CLIP's prompt ensemble: every template ("a photo of a {}.", ...)
-filled with the class's display name, normalized and tokenized exactly as the input
-pipeline treats titles, embedded by the text tower, L2-normalized, averaged over
-templates and renormalized. An image is classified by cosine similarity to the class
-embeddings. The classes are the dataset's `category` labels, displayed as words (toyshop's
-category keys through `toyshop.CATEGORY_INFO`, other labels with `_` read as a space).
+filled with each of the class's names, normalized and tokenized exactly as the input
+pipeline treats titles, embedded by the text tower, L2-normalized, averaged over the
+class's prompts and renormalized. An image is classified by cosine similarity to the class
+embeddings. The classes are the dataset's `category` labels, named by their display name
+(toyshop's category keys through `toyshop.CATEGORY_INFO`, other labels with `_` read as a
+space) or, with `names="synonyms"`, by every word toyshop's titles use for the category
+("mug", "coffee mug", "cup"; other datasets have only the display name).
 
 Config entry (`config.evals.<name>`): `type="zeroshot_classification"`,
 `split="validation"`, `templates=DEFAULT_TEMPLATES` (format strings with one `{}`),
-`image_output="image_emb"` (or ECLIP's `"instance_emb_img"`), and any `config.input` field
-to override (`batch_size`, ...).
+`names="display"` (or `"synonyms"`), `image_output="image_emb"` (or ECLIP's
+`"instance_emb_img"`), and any `config.input` field to override (`batch_size`, ...).
 Metrics: `top1`, `top5`, `chance_top1` (1 / number of classes), `num_examples`,
 `num_skipped` (bad records of the split).
 """
@@ -41,6 +43,16 @@ def class_display_name(dataset_name: str, label: str) -> str:
   return label.replace("_", " ")
 
 
+def class_synonyms(dataset_name: str, label: str) -> tuple[str, ...]:
+  """Every name the dataset's titles use for the class (the display name where unknown)."""
+  display = class_display_name(dataset_name, label)
+  if dataset_name == "toyshop":  # toyshop's labels are the display names
+    for name, synonyms, _ in toyshop.CATEGORY_INFO.values():
+      if name == display:
+        return synonyms
+  return (display,)
+
+
 def _replicated_rows_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Rows every process holds in full -> global arrays split over the batch axes.
 
@@ -57,8 +69,9 @@ def _replicated_rows_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> d
 class ZeroShotClassificationEvaluator(common.SplitEvaluator):
   """Top-1/top-5 category accuracy from prompt-ensembled class embeddings."""
 
-  DEFAULTS = {"templates": DEFAULT_TEMPLATES, "image_output": "image_emb"}
+  DEFAULTS = {"templates": DEFAULT_TEMPLATES, "names": "display", "image_output": "image_emb"}
   MODALITIES = ("image",)
+  NAMES = {"display": lambda *label: (class_display_name(*label),), "synonyms": class_synonyms}
 
   def __init__(self, name: str, entry: Mapping[str, Any], **kwargs):
     super().__init__(name, entry, **kwargs)
@@ -70,15 +83,22 @@ class ZeroShotClassificationEvaluator(common.SplitEvaluator):
           f"config.evals.{name}.templates={self.templates!r} must be a non-empty tuple of "
           "format strings with exactly one '{}' (where the class name goes)."
       )
+    names = self.data.fields["names"]
+    if names not in self.NAMES:
+      raise ValueError(f"config.evals.{name}.names={names!r} is unknown; choose one of "
+                       f"{sorted(self.NAMES)}.")
     builder = self.data.builder
-    self.class_names = tuple(
-        class_display_name(builder.name, label)
-        for label in builder.info.features["category"].names
-    )
+    labels = builder.info.features["category"].names
+    self.class_names = tuple(class_display_name(builder.name, label) for label in labels)
 
-    # Prompts are class-major: rows [c * T, (c + 1) * T) are class c's T templates.
+    # Prompts are class-major: each class's names x templates, `prompt_class` says whose.
     normalize = text_lib.get_normalizer(self.data.input_config.text_normalizer)
-    prompts = [normalize(t.format(c)) for c in self.class_names for t in self.templates]
+    prompts, prompt_class = [], []
+    for index, label in enumerate(labels):
+      for class_name in self.NAMES[names](builder.name, label):
+        prompts += [normalize(t.format(class_name)) for t in self.templates]
+        prompt_class += [index] * len(self.templates)
+    self.prompt_class = np.asarray(prompt_class)
     self.prompt_tokens, self.prompt_mask = self.data.transform.tokenizer.encode(
         prompts, self.data.input_config.max_text_len
     )
@@ -104,10 +124,9 @@ class ZeroShotClassificationEvaluator(common.SplitEvaluator):
         for batch in self._prompt_batches
     ]
     prompt_emb = np.concatenate(parallel.to_host(prompt_emb))[: len(self.prompt_tokens)]
-    prompt_emb = common.l2_normalize(prompt_emb).reshape(
-        len(self.class_names), len(self.templates), -1
-    )
-    return common.l2_normalize(prompt_emb.mean(axis=1))
+    class_sum = np.zeros((len(self.class_names), prompt_emb.shape[-1]), np.float64)
+    np.add.at(class_sum, self.prompt_class, common.l2_normalize(prompt_emb))
+    return common.l2_normalize(class_sum)
 
   def run(self, params: Any) -> dict[str, float | int]:
     class_emb = self.class_embeddings(params)

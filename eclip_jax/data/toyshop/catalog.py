@@ -1,9 +1,9 @@
-"""toyshop: the built-in synthetic product world (catalog, listings, titles, tables).
+"""The catalog, its listings, and their text: titles, descriptions, attribute tables.
 
 The world has the structure the three methods need and real corpora only partly have:
 
 * a **catalog product** is a category plus attributes (color, accent color, pattern,
-  material, size, shape variant, brand); `toyshop_render` draws it from those attributes;
+  material, size, shape variant, brand), a `looks.ProductLook` the renderer draws;
 * **listings** (what a record is) are sellers' offers of a catalog product. Popular products
   are listed by several sellers: their records share `catalog_id` but have their own
   `product_id`, seller, noisy title, attribute table and photos — the duplicate-listing
@@ -28,7 +28,9 @@ import numpy as np
 from PIL import Image
 
 from eclip_jax.data import schema
-from eclip_jax.data import toyshop_render as render
+from eclip_jax.data.toyshop import audio
+from eclip_jax.data.toyshop import looks
+from eclip_jax.data.toyshop import scenes
 
 # Approximate listing counts per size; "tiny" is for tests and runs in seconds.
 SIZE_NUM_LISTINGS = {"tiny": 240, "small": 3_000, "medium": 24_000, "large": 120_000}
@@ -66,12 +68,12 @@ CATEGORY_INFO: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "wine": ("wine", ("wine", "red wine", "glass of wine", "wine glass"), ("glass",)),
     "lighter": ("lighter", ("lighter", "pocket lighter"), ("metal", "plastic")),
 }
-assert tuple(CATEGORY_INFO) == render.CATEGORIES, "category tables out of sync"
+assert tuple(CATEGORY_INFO) == looks.CATEGORIES, "category tables out of sync"
 CATEGORY_NAMES = tuple(info[0] for info in CATEGORY_INFO.values())
 
 BRANDS = ("Zentro", "Okavo", "Pellin", "Quarra", "Ruvik", "Solune", "Tamsa", "Umbri",
           "Veltra", "Wexor", "Yarrow", "Zibo", "Calto", "Dorin", "Elvan", "Fjara")
-assert len(BRANDS) == render.NUM_BRANDS
+assert len(BRANDS) == looks.NUM_BRANDS
 
 COLOR_WORDS = {
     "red": ("red", "crimson", "scarlet"), "orange": ("orange", "tangerine"),
@@ -126,14 +128,14 @@ class ToyshopSpec:
   png_fraction: float = 0.1  # a share of images stored as PNG, so both decoders are exercised
 
   def __post_init__(self):
-    if self.clutter not in render.CLUTTER_LEVELS:
-      raise ValueError(f"clutter must be one of {render.CLUTTER_LEVELS}, got {self.clutter!r}")
+    if self.clutter not in scenes.CLUTTER_LEVELS:
+      raise ValueError(f"clutter must be one of {scenes.CLUTTER_LEVELS}, got {self.clutter!r}")
     if not 1 <= self.min_images <= self.max_images:
       raise ValueError("need 1 <= min_images <= max_images")
 
 
 _NAME_RE = re.compile(
-    r"^(?P<size>[a-z]+)(?:_(?P<clutter>clean|cluttered|lifestyle))?"
+    rf"^(?P<size>[a-z]+)(?:_(?P<clutter>{'|'.join(scenes.CLUTTER_LEVELS)}))?"
     r"(?:_(?P<px>\d+)px)?(?:_seed(?P<seed>\d+))?$"
 )
 
@@ -148,7 +150,7 @@ def spec_from_name(name: str) -> ToyshopSpec:
     raise ValueError(
         f"unknown toyshop config {name!r}: expected {{size}}[_{{clutter}}][_{{N}}px]"
         f"[_seed{{K}}] with size in {sorted(SIZE_NUM_LISTINGS)} and clutter in "
-        f"{render.CLUTTER_LEVELS}, e.g. 'small_lifestyle_224px_seed3'"
+        f"{scenes.CLUTTER_LEVELS}, e.g. 'small_lifestyle_224px_seed3'"
     )
   return ToyshopSpec(
       num_listings=SIZE_NUM_LISTINGS[match["size"]],
@@ -167,7 +169,7 @@ def spec_from_name(name: str) -> ToyshopSpec:
 class Catalog:
   """Catalog products and the listings that offer them (index = product_index)."""
 
-  looks: tuple[render.ProductLook, ...]  # per catalog product
+  looks: tuple[looks.ProductLook, ...]  # per catalog product
   product_split: tuple[str, ...]  # per catalog product
   listing_catalog: np.ndarray  # [num_listings] catalog index of each listing
   listing_seller: np.ndarray  # [num_listings]
@@ -177,19 +179,19 @@ class Catalog:
     return np.flatnonzero(splits == split)
 
 
-def _random_catalog_look(rng: np.random.Generator) -> render.ProductLook:
-  category = render.CATEGORIES[rng.integers(len(render.CATEGORIES))]
-  color_names = list(render.COLORS)
+def _random_catalog_look(rng: np.random.Generator) -> looks.ProductLook:
+  category = looks.CATEGORIES[rng.integers(len(looks.CATEGORIES))]
+  color_names = list(looks.COLORS)
   color, accent = rng.choice(len(color_names), size=2, replace=False)
   materials = CATEGORY_INFO[category][2]
-  return render.ProductLook(
+  return looks.ProductLook(
       category=category,
       color=color_names[color],
-      pattern=render.PATTERNS[rng.integers(len(render.PATTERNS))],
+      pattern=looks.PATTERNS[rng.integers(len(looks.PATTERNS))],
       material=materials[rng.integers(len(materials))],
-      size=render.SIZES[rng.integers(len(render.SIZES))],
-      shape_variant=int(rng.integers(render.NUM_SHAPE_VARIANTS)),
-      brand=int(rng.integers(render.NUM_BRANDS)),
+      size=looks.SIZES[rng.integers(len(looks.SIZES))],
+      shape_variant=int(rng.integers(looks.NUM_SHAPE_VARIANTS)),
+      brand=int(rng.integers(looks.NUM_BRANDS)),
       accent_color=color_names[accent],
   )
 
@@ -198,25 +200,26 @@ def _random_catalog_look(rng: np.random.Generator) -> render.ProductLook:
 def build_catalog(spec: ToyshopSpec) -> Catalog:
   """Draws catalog products until their listings reach `spec.num_listings`."""
   rng = np.random.default_rng([spec.seed, 0])
-  looks, listing_catalog = [], []
+  catalog_looks, listing_catalog = [], []
   while len(listing_catalog) < spec.num_listings:
     # Most products have one seller; popular ones two or three (duplicate listings).
     num_sellers = int(rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15]))
-    listing_catalog.extend([len(looks)] * num_sellers)
-    looks.append(_random_catalog_look(rng))
+    listing_catalog.extend([len(catalog_looks)] * num_sellers)
+    catalog_looks.append(_random_catalog_look(rng))
   listing_catalog = np.asarray(listing_catalog[: spec.num_listings], np.int64)
 
-  order = rng.permutation(len(looks))
-  product_split = [""] * len(looks)
+  order = rng.permutation(len(catalog_looks))
+  product_split = [""] * len(catalog_looks)
   start = 0
   for i, (split, fraction) in enumerate(SPLIT_FRACTIONS):
-    stop = len(looks) if i == len(SPLIT_FRACTIONS) - 1 else start + round(fraction * len(looks))
+    last = i == len(SPLIT_FRACTIONS) - 1
+    stop = len(catalog_looks) if last else start + round(fraction * len(catalog_looks))
     for product in order[start:stop]:
       product_split[product] = split
     start = stop
   num_sellers_total = 50 + spec.num_listings // 20
   return Catalog(
-      looks=tuple(looks),
+      looks=tuple(catalog_looks),
       product_split=tuple(product_split),
       listing_catalog=listing_catalog,
       listing_seller=rng.integers(num_sellers_total, size=spec.num_listings),
@@ -244,7 +247,7 @@ def _typo(rng: np.random.Generator, word: str) -> str:
   return word[:i] + word[i] + word[i:]  # double a letter
 
 
-def attribute_values(look: render.ProductLook) -> dict[str, str]:
+def attribute_values(look: looks.ProductLook) -> dict[str, str]:
   """The true attribute table of a catalog product (canonical values)."""
   return {
       "brand": BRANDS[look.brand],
@@ -256,7 +259,7 @@ def attribute_values(look: render.ProductLook) -> dict[str, str]:
   }
 
 
-def make_title(rng: np.random.Generator, look: render.ProductLook) -> str:
+def make_title(rng: np.random.Generator, look: looks.ProductLook) -> str:
   """A seller's noisy title: synonyms, dropped attributes, shuffles, typos, fluff."""
   words = [
       ("brand", BRANDS[look.brand]),
@@ -279,7 +282,7 @@ def make_title(rng: np.random.Generator, look: render.ProductLook) -> str:
   return title.upper() if rng.random() < 0.05 else title
 
 
-def make_description(rng: np.random.Generator, look: render.ProductLook) -> str:
+def make_description(rng: np.random.Generator, look: looks.ProductLook) -> str:
   name = CATEGORY_INFO[look.category][0]
   pattern = PATTERN_WORDS[look.pattern][0] or "plain"
   sentences = [
@@ -293,7 +296,7 @@ def make_description(rng: np.random.Generator, look: render.ProductLook) -> str:
   return " ".join(sentences[i] for i in rng.permutation(len(sentences)))
 
 
-def make_attribute_table(rng: np.random.Generator, look: render.ProductLook) -> list[dict]:
+def make_attribute_table(rng: np.random.Generator, look: looks.ProductLook) -> list[dict]:
   """Ordered key/value pairs: some true attributes missing, some noise keys added."""
   table = [(k, v) for k, v in attribute_values(look).items() if rng.random() > 0.15]
   for key, values in NOISE_TABLE_KEYS:
@@ -325,16 +328,16 @@ def make_listing(spec: ToyshopSpec, product_index: int) -> dict[str, Any]:
 
   images, boxes = [], []
   for _ in range(int(rng.integers(spec.min_images, spec.max_images + 1))):
-    pixels, box, _ = render.render_image(
+    pixels, box, _ = scenes.render_image(
         look, image_size=spec.image_size, clutter=spec.clutter, rng=rng
     )
     images.append(_encode_image(pixels, rng.random() < spec.png_fraction, spec.jpeg_quality))
     boxes.append(box)
-  frames, _ = render.render_video(
+  frames, _ = scenes.render_video(
       look, image_size=spec.video_size, num_frames=spec.num_video_frames,
       clutter=spec.clutter, rng=rng,
   )
-  waveform = render.render_audio(
+  waveform = audio.render_audio(
       look, sample_rate=spec.audio_sample_rate, duration_s=spec.audio_seconds, rng=rng
   )
   record = schema.empty_optional_fields()
@@ -346,7 +349,7 @@ def make_listing(spec: ToyshopSpec, product_index: int) -> dict[str, Any]:
       "seller_id": f"S{int(catalog.listing_seller[product_index]):05d}",
       "title": make_title(rng, look),
       "description": make_description(rng, look),
-      "category": render.CATEGORIES.index(look.category),
+      "category": looks.CATEGORIES.index(look.category),
       "category_name": CATEGORY_INFO[look.category][0],
       "attributes": make_attribute_table(rng, look),
       "images": images,

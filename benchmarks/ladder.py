@@ -1,0 +1,169 @@
+r"""The claim as a curve: CLIP vs ECLIP tiny at every clutter level of toyshop, several seeds.
+
+  python benchmarks/ladder.py [--size=medium] [--levels=clean,light,cluttered,lifestyle] \
+      [--seeds=0,1,2] [--methods=clip,eclip] [--data_dir=data] [--root=workdirs/ladder] \
+      [--plot=ladder.png] [--summarize_only] [-- extra flags for every run]
+
+For each level it builds `toyshop/{size}_{level}` (reused when built), then trains and
+evaluates `configs/{method}.py:tiny` on it once per seed into `ROOT/{size}_{level}/
+{method}_seed{seed}`, one run after another; a run whose workdir already holds its final
+evaluation is skipped, and an interrupted one resumes from its checkpoint, so the command
+can be stopped and run again. Then it prints one table per level
+(`python -m eclip_jax.summarize`), the ladder table (mean ± std over the seeds of image-only
+product mAP@10 and pointing accuracy per method, with the box-area chance and center prior
+of the same test photos) and draws it into `--plot`: x the clutter level, y product mAP@10
+and pointing accuracy, both methods, mean ± std, with the two pointing references.
+`--summarize_only` skips training and tabulates whatever runs exist.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import argparse  # noqa: E402
+
+from eclip_jax import summarize  # noqa: E402
+
+LEVEL_METRICS = ("eval/retrieval/i2t_r10", "eval/zeroshot/top1", "eval/product_retrieval/map10",
+                 "eval/product_retrieval/r1", "eval/grounding/pointing_acc",
+                 "eval/grounding/chance_pointing", "eval/grounding/center_pointing")
+MAP10, POINTING = "eval/product_retrieval/map10", "eval/grounding/pointing_acc"
+REFERENCES = ("eval/grounding/chance_pointing", "eval/grounding/center_pointing")
+
+
+def _run(command: list[str]) -> None:
+  print("+ " + " ".join(command), flush=True)
+  subprocess.run(command, check=True)
+
+
+def _finished(workdir: str) -> bool:
+  path = os.path.join(workdir, "metrics.jsonl")
+  return os.path.isfile(path) and POINTING in summarize.final_metrics(workdir)
+
+
+def train(args, extra: list[str]) -> None:
+  for level in args.levels:
+    dataset = f"toyshop/{args.size}_{level}"
+    _run([sys.executable, "-m", "eclip_jax.data.prepare", f"--dataset={dataset}",
+          f"--data_dir={args.data_dir}"])
+    for seed in args.seeds:
+      for method in args.methods:
+        workdir = os.path.join(args.root, f"{args.size}_{level}", f"{method}_seed{seed}")
+        if _finished(workdir):
+          print(f"{workdir}: done, skipped", flush=True)
+          continue
+        _run([sys.executable, "-m", "eclip_jax.main", f"--config=configs/{method}.py:tiny",
+              f"--workdir={workdir}", f"--config.input.dataset={dataset}",
+              f"--config.input.data_dir={args.data_dir}", f"--config.seed={seed}",
+              "--config.eval_every_steps=0", *extra])
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def ladder(args) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
+  """level -> method (and "references") -> metric -> (mean, std, n) over finished seeds."""
+  rows = {}
+  for level in args.levels:
+    runs = {m: [os.path.join(args.root, f"{args.size}_{level}", f"{m}_seed{s}")
+                for s in args.seeds] for m in args.methods}
+    runs = {m: [w for w in workdirs if _finished(w)] for m, workdirs in runs.items()}
+    finished = [w for workdirs in runs.values() for w in workdirs]
+    if not finished:
+      continue
+    print(f"\n### toyshop/{args.size}_{level}\n")
+    print(summarize.table(finished, LEVEL_METRICS, aggregate=False))
+    rows[level] = {}
+    for method, workdirs in runs.items():
+      finals = [summarize.final_metrics(w) for w in workdirs]
+      if finals:
+        rows[level][method] = {k: (*_mean_std([f[k] for f in finals]), len(finals))
+                               for k in (MAP10, POINTING)}
+    # The references depend on the test photos only: the same in every run of the level.
+    finals = [summarize.final_metrics(w) for w in finished]
+    rows[level]["references"] = {k: (*_mean_std([f[k] for f in finals]), len(finals))
+                                 for k in REFERENCES}
+  return rows
+
+
+def ladder_table(rows, methods) -> str:
+  header = ["level"] + [f"{m} {name}" for name in ("product mAP@10", "pointing")
+                        for m in methods] + ["chance pointing", "center prior"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for level, row in rows.items():
+    cells = [level]
+    for key in (MAP10, POINTING):
+      for method in methods:
+        mean, std, n = row.get(method, {}).get(key, (float("nan"), 0.0, 0))
+        cells.append(f"{mean:.4f} ± {std:.4f} (n={n})" if n else "–")
+    cells += [f"{row['references'][k][0]:.3f}" for k in REFERENCES]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot(rows, methods, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  levels = list(rows)
+  x = list(range(len(levels)))
+  figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  for axis, key, title in ((left, MAP10, "image-only product mAP@10"),
+                           (right, POINTING, "pointing accuracy")):
+    for method in methods:
+      points = [(i, *rows[level][method][key][:2]) for i, level in enumerate(levels)
+                if method in rows[level]]
+      if points:
+        xs, means, stds = zip(*points)
+        axis.errorbar(xs, means, yerr=stds, marker="o", capsize=4, label=method.upper())
+    axis.set_title(title)
+    axis.set_xticks(x, levels)
+    axis.set_xlabel("clutter level")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+  for key, style, label in ((REFERENCES[0], ":", "box-area chance"),
+                            (REFERENCES[1], "--", "center prior")):
+    right.plot(x, [rows[level]["references"][key][0] for level in levels], style, color="gray",
+               marker="_", markersize=24, label=label)
+  left.legend()
+  right.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  print(f"\nwrote {path}")
+
+
+def main():
+  argv, extra = (sys.argv[1:], []) if "--" not in sys.argv else (
+      sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--size", default="medium")
+  parser.add_argument("--levels", default="clean,light,cluttered,lifestyle")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--methods", default="clip,eclip")
+  parser.add_argument("--data_dir", default="data")
+  parser.add_argument("--root", default="workdirs/ladder")
+  parser.add_argument("--plot", default="ladder.png")
+  parser.add_argument("--summarize_only", action="store_true")
+  args = parser.parse_args(argv)
+  args.levels, args.methods = args.levels.split(","), args.methods.split(",")
+  args.seeds = [int(s) for s in args.seeds.split(",")]
+  if not args.summarize_only:
+    train(args, extra)
+  rows = ladder(args)
+  if not rows:
+    sys.exit("no finished runs to summarize")
+  print("\n### The ladder (mean ± std over seeds)\n")
+  print(ladder_table(rows, args.methods))
+  plot(rows, args.methods, args.plot)
+  print("\n" + " ".join(["python"] + sys.argv))
+
+
+if __name__ == "__main__":
+  main()
