@@ -53,6 +53,35 @@ def parse_variant(variant: str, patch_size: int | None = None) -> tuple[TowerSiz
   return SIZES[size_name], int(patch)
 
 
+class PatchEmbed(nn.Module):
+  """A stride-`patch` convolution over non-overlapping patches ([B,H,W,C] -> [B,gh,gw,width]),
+  computed as one matmul over the flattened patches.
+
+  The kernel is a convolution's (HWIO, `kernel` [patch, patch, C, width] and `bias`), but
+  no convolution runs: XLA:CPU differentiates a strided convolution inside a loop (a
+  scanned gradient strategy, grad_cache) some 40x slower than outside one
+  (BENCHMARKS.md), while the matmul is as fast in both.
+  """
+
+  patch: int
+  width: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    batch, height, width, channels = images.shape
+    p = self.patch
+    kernel = self.param(
+        "kernel", partitioned(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+        (p, p, channels, self.width), self.param_dtype)
+    bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (self.width,),
+                      self.param_dtype)
+    images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
+    patches = images.reshape(batch, height // p, p, width // p, p, channels)
+    return jnp.einsum("byixjc,ijcd->byxd", patches, kernel) + bias
+
+
 class MAPHead(nn.Module):
   """Multi-head attention pooling: a learned probe attends over the tokens (big_vision)."""
 
@@ -112,17 +141,7 @@ class ViT(nn.Module):
     if height % patch or width % patch:
       raise ValueError(f"image size {height}x{width} is not divisible by the patch size {patch}")
 
-    x = nn.Conv(
-        size.width,
-        (patch, patch),
-        strides=(patch, patch),
-        padding="VALID",
-        kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-        bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name="patch_embed",
-    )(images)
+    x = PatchEmbed(patch, size.width, self.dtype, self.param_dtype, name="patch_embed")(images)
     grid = (height // patch, width // patch)
     x = jnp.reshape(x, (batch, grid[0] * grid[1], size.width))
     pos_embed = self.param(
