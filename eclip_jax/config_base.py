@@ -55,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # How a step forms its gradients and how big its batches are (eclip_jax/gradients.py).
   config.train = ml_collections.ConfigDict({
-      "gradients": "full",  # a registered gradient strategy: "full" (value_and_grad)
+      "gradients": "full",  # a registered gradient strategy: "full" or "grad_cache"
+      "streams": 1,  # grad_cache: micro-batches per step (activations of one at a time)
       # ((start_step, global_batch), ...): from `start_step` steps on, batches have
       # `global_batch` rows; before the first stage, input.batch_size.
       "batch_schedule": (),

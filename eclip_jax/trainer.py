@@ -96,6 +96,16 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
         raise ValueError(f"{field} is not divisible by the {what}; use a multiple of "
                          f"{divisor}.")
   gradients.get(config.train.gradients)  # raises for unknown names
+  streams = config.train.streams
+  if not isinstance(streams, int) or streams < 1:
+    raise ValueError(f"config.train.streams={streams!r} must be a positive number of "
+                     "micro-batches.")
+  for start, batch_size in stages:
+    if streams > 1 and batch_size // dp % streams:
+      raise ValueError(
+          f"config.train.streams={streams} does not divide the {batch_size // dp} rows per "
+          f"data-parallel device of the batch of {batch_size} (from step {start}); make the "
+          f"global batch a multiple of {dp * streams}.")
   if config.train.batch_lr_scaling not in optim.BATCH_LR_SCALINGS:
     raise ValueError(f"config.train.batch_lr_scaling={config.train.batch_lr_scaling!r} is "
                      f"unknown; use one of {sorted(optim.BATCH_LR_SCALINGS)}.")

@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 from absl import flags, logging
 
 from eclip_jax.data import builders  # noqa: F401  (registers the builders)
+from eclip_jax.data import text as text_lib
 from eclip_jax.data import tokenizer as tokenizer_lib
 from eclip_jax.data import transforms
 
@@ -67,6 +68,14 @@ def default_input_config() -> ml_collections.ConfigDict:
       "tokenizer": "",  # .model path; "" = the one `prepare` stored beside the dataset
       "vocab_size": 8000,  # picks that default tokenizer
       "text_normalizer": "basic",
+      # e-CLIP's title cleaning (data/text.py title_cleaner): ops applied to titles in order,
+      # e.g. ("nfkc", "strip_html", "strip_emoji", "strip_promo", "casefold", "whitespace");
+      # the promo phrases it strips; and the pair filters (0 = off): pairs whose cleaned
+      # title has fewer tokens, or a smaller share of letters and digits, are skipped.
+      "title_cleaning": (),
+      "promo_phrases": text_lib.DEFAULT_PROMO_PHRASES,
+      "min_title_tokens": 0,
+      "min_title_text_fraction": 0.0,
       "max_text_len": 32,
       "max_table_len": 64,
       "video_frames": 8,
@@ -148,6 +157,10 @@ def make_transform(
       value_range=tuple(input_config.value_range),
       max_text_len=input_config.max_text_len,
       text_normalizer=input_config.text_normalizer,
+      title_cleaning=tuple(input_config.title_cleaning),
+      promo_phrases=tuple(input_config.promo_phrases),
+      min_title_tokens=input_config.min_title_tokens,
+      min_title_text_fraction=input_config.min_title_text_fraction,
       max_table_len=input_config.max_table_len,
       video_frames=input_config.video_frames,
       video_size=input_config.video_size,
@@ -326,7 +339,9 @@ class SkipCountingIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
-    self._skipped = np.asarray(state["skipped"], np.int64)
+    # A state saved before a skip reason was added has fewer counts: those reasons were 0.
+    self._skipped = np.zeros(len(transforms.SKIP_REASONS), np.int64)
+    self._skipped[: len(state["skipped"])] = state["skipped"]
 
   def close(self) -> None:
     self._parent.close()

@@ -29,7 +29,9 @@ from eclip_jax.data import text as text_lib
 from eclip_jax.data import tokenizer as tokenizer_lib
 
 SKIP_KEY = "_skip"
-SKIP_REASONS = ("empty_title", "no_images", "undecodable_image", "undecodable_video", "bad_audio")
+# Append only: iterator states store counts by position.
+SKIP_REASONS = ("empty_title", "no_images", "undecodable_image", "undecodable_video", "bad_audio",
+                "short_title", "non_text_title")
 SKIPPED_KEY = "_skipped"  # per-example tally of records skipped before it, [len(SKIP_REASONS)]
 
 PixelBox = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
@@ -229,6 +231,13 @@ class ExampleTransform:
   box_context: float = 0.25
   max_text_len: int = 32
   text_normalizer: str = "basic"
+  # e-CLIP's title cleaning and pair filters (text.title_cleaner): the ops applied to titles
+  # before the normalizer, and the minimum tokens / share of letters and digits a cleaned
+  # title needs (0: no filter); filtered pairs are skipped and counted by reason.
+  title_cleaning: tuple[str, ...] = ()
+  promo_phrases: tuple[str, ...] = text_lib.DEFAULT_PROMO_PHRASES
+  min_title_tokens: int = 0
+  min_title_text_fraction: float = 0.0
   max_table_len: int = 64
   video_frames: int = 8
   video_size: int = 32
@@ -241,6 +250,12 @@ class ExampleTransform:
       raise ValueError(f"input.modalities has unknown {sorted(unknown)}; known: "
                        f"{tuple(MODALITIES)}")
     self._normalize = text_lib.get_normalizer(self.text_normalizer)
+    self._clean_title = text_lib.title_cleaner(tuple(self.title_cleaning),
+                                               tuple(self.promo_phrases))
+    if self.min_title_tokens > self.max_text_len - 2:
+      raise ValueError(
+          f"input.min_title_tokens={self.min_title_tokens} exceeds the {self.max_text_len - 2} "
+          "tokens a title can keep (input.max_text_len minus BOS and EOS); lower it.")
     if self.tokenizer is not None and self.tokenizer.normalizer not in (
         None, self.text_normalizer):
       raise ValueError(
@@ -288,6 +303,10 @@ class ExampleTransform:
     """`input.text_normalizer` applied to `text`."""
     return self._normalize(text)
 
+  def clean_title(self, title: str) -> str:
+    """`input.title_cleaning`'s ops applied to a title (before the normalizer)."""
+    return self._clean_title(title)
+
   def encode_text(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalized and tokenized like every text of the pipeline: ([max_len], [max_len])."""
     tokens, mask = self.tokenizer.encode([self.normalize(text)], max_len)
@@ -296,10 +315,15 @@ class ExampleTransform:
 
 def _text(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
   del rng
-  title = transform.normalize(_to_str(record["title"]))
+  title = transform.clean_title(_to_str(record["title"]))
+  if text_lib.text_fraction(title) < transform.min_title_text_fraction:
+    raise SkipRecord("non_text_title")
+  title = transform.normalize(title)
   if not title:
     raise SkipRecord("empty_title")
   tokens, mask = transform.tokenizer.encode([title], transform.max_text_len)
+  if mask[0].sum() - 2 < transform.min_title_tokens:  # BOS and EOS are not the title's
+    raise SkipRecord("short_title")
   return {"text_tokens": tokens[0], "text_mask": mask[0]}
 
 

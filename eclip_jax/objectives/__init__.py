@@ -6,7 +6,9 @@ beyond them (mesh, the `loss` section, the method's own config section). `loss` 
 scalar; `metrics` maps names to scalars. `config.objectives` maps objective names to weights;
 the training loss is their weighted sum, and the trainer logs each objective's loss as
 `train/<objective>/loss` and its metrics as `train/<objective>/<metric>`, so two objectives
-never overwrite each other's numbers.
+never overwrite each other's numbers. `train/duplicate_rate` is the fraction of the batch's
+rows whose catalog product has another listing in the batch: the false negatives that
+plain pair labels (`loss.positives="pair"`) would create.
 
 A method's knobs live in a config section of its own (`config.eclip`, ...): an objective is
 registered with the section it reads, which it then finds as `ctx.method_config`.
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from eclip_jax.objectives import clip
@@ -75,6 +78,15 @@ def method_sections() -> frozenset[str]:
   return frozenset(r.config_section for r in _OBJECTIVES.values() if r.config_section)
 
 
+def duplicate_rate(ids: jax.Array) -> jax.Array:
+  """The fraction of rows whose id another row of the batch shares."""
+  # Sorted, a row has a duplicate when a neighbour equals it: O(B log B), not B x B.
+  ids = jnp.sort(ids)
+  same = ids[1:] == ids[:-1]
+  no = jnp.zeros((1,), bool)
+  return jnp.mean(jnp.concatenate([no, same]) | jnp.concatenate([same, no]))
+
+
 LossFn = Callable[[dict[str, Any], dict[str, Any]], tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -93,6 +105,8 @@ def weighted_loss(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
 
   def loss_fn(outputs, batch):
     total, metrics = 0.0, {}
+    if "catalog_id" in batch:
+      metrics["duplicate_rate"] = duplicate_rate(batch["catalog_id"])
     for name, objective, weight, ctx in terms:
       loss, values = objective(outputs, batch, ctx)
       total += weight * loss
