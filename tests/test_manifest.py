@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from eclip_jax.data import manifest as manifest_lib
+from eclip_jax.data import transforms
 
 
 def _write_image(path, color, format_name):
@@ -297,3 +298,26 @@ def test_prepare_overwrite_rebuilds_a_manifest_whose_categories_changed(tmp_path
   assert builder.info.features["category"].names == ["lamp"]
   reread = tfds.data_source("product_manifest", split="train", data_dir=data_dir)
   assert len(reread) == 20
+
+
+def test_16_bit_and_transparent_images_keep_what_decoding_needs(shop, tmp_path):
+  """Formats stored as PNG keep 16-bit gray and transparency, so that decoding scales the
+  gray levels (instead of clipping them to white) and puts cut-outs on white (not black)."""
+  gray = np.array([0, 257, 32896, 65535], ">u2")
+  Image.frombytes("I;16B", (4, 1), gray.tobytes()).save(shop / "img/gray16.tif")
+  cutout = Image.new("RGBA", (4, 1))
+  cutout.putdata([(200, 100, 0, 255), (200, 100, 0, 0), (0, 0, 255, 255), (9, 9, 9, 0)])
+  cutout.save(shop / "img/cutout.webp", lossless=True)
+  manifest = _write_manifest(shop / "shop.jsonl", [
+      {"product_id": "gray", "title": "Gray", "images": ["img/gray16.tif"]},
+      {"product_id": "cut", "title": "Cut", "images": ["img/cutout.webp"]},
+  ])
+  _build(manifest, tmp_path / "data")
+  records = _records_by_id(
+      tfds.data_source("product_manifest", split="train", data_dir=str(tmp_path / "data")))
+  whole = lambda w, h: (0, 0, w, h)  # noqa: E731  (4x1 -> 4x4: the row repeated)
+  pixels, _, _ = transforms.decode_crop_resize(records["gray"]["images"][0], 4, whole)
+  np.testing.assert_array_equal(pixels[0], [[0] * 3, [1] * 3, [128] * 3, [255] * 3])
+  pixels, _, _ = transforms.decode_crop_resize(records["cut"]["images"][0], 4, whole)
+  np.testing.assert_array_equal(pixels[0], [[200, 100, 0], [255] * 3, [0, 0, 255], [255] * 3])
+

@@ -14,7 +14,9 @@ One product listing per line (blank lines are ignored), for example:
   product_id    required, unique string.
   title         required, non-empty after stripping whitespace.
   images        required, >= 1 image files (JPEG and PNG are stored byte for byte; any other
-                format PIL reads, e.g. WebP or BMP, is re-encoded as PNG).
+                format PIL reads, e.g. WebP, BMP or TIFF, is re-encoded as PNG, keeping
+                transparency and 16-bit gray; training composites transparent pixels on
+                `input.background`, white by default).
   catalog_id    the catalog product this listing sells; listings sharing it are duplicates
                 of each other. Default: the product_id (a catalog product of its own).
   seller_id     default "".       description   default "".
@@ -66,13 +68,15 @@ from etils import epath
 from PIL import Image
 
 from eclip_jax.data import schema
+from eclip_jax.data import transforms
 
 # Config and split names: they become directory and file names.
 _NAME = re.compile(r"[a-z0-9_]+")
 _REQUIRED_FIELDS = ("product_id", "title", "images")
 # MPO is how PIL names JPEGs with a second embedded picture: still a plain JPEG to decoders.
 _STORED_AS_IS = ("JPEG", "PNG", "MPO")
-_PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
+# The modes PIL writes as PNG (its writer has no 32-bit "I", nor CMYK).
+_PNG_MODES = ("1", "L", "LA", "I;16", "I;16B", "P", "RGB", "RGBA")
 # metadata.json keeps the first messages; the log has them all.
 _MAX_STORED_MESSAGES = 1000
 
@@ -310,7 +314,9 @@ def _read_image(path: epath.Path) -> bytes:
       if image.format in _STORED_AS_IS:
         return data
       if image.mode not in _PNG_MODES:
-        image = image.convert("RGB")
+        # Transparency is kept for decoding to composite on input.background; anything
+        # else becomes the RGB decoding would make of it.
+        image = image.convert("RGBA") if image.has_transparency_data else transforms.to_rgb(image)
       buffer = io.BytesIO()
       image.save(buffer, format="PNG")
       return buffer.getvalue()

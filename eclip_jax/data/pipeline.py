@@ -64,6 +64,7 @@ def default_input_config() -> ml_collections.ConfigDict:
       "crop_to_box": False,
       "box_context": 0.25,
       "value_range": (-1.0, 1.0),
+      "background": (255, 255, 255),  # the RGB that transparent image pixels show
       "tokenizer": "",  # .model path; "" = the one `prepare` stored beside the dataset
       "vocab_size": 8000,  # picks that default tokenizer
       "text_normalizer": "basic",
@@ -140,6 +141,7 @@ def make_transform(
       crop_to_box=input_config.crop_to_box,
       box_context=input_config.box_context,
       value_range=tuple(input_config.value_range),
+      background=tuple(input_config.background),
       max_text_len=input_config.max_text_len,
       text_normalizer=input_config.text_normalizer,
       max_table_len=input_config.max_table_len,
