@@ -6,11 +6,13 @@ r"""Final metrics of several runs as a markdown table with mean ± std (seeds, s
 Each run contributes the last value of each metric in its `metrics.jsonl`. `--noaggregate`
 drops the mean ± std row (to put different methods side by side, as `make demo` does).
 Arguments that are files, not directories (a glob catching `RUN.log` beside `RUN/`), are
-skipped and named on stderr; a directory without `metrics.jsonl` is an error.
+skipped and named on stderr; a directory without `metrics.jsonl` is an error, and so is a
+metric no run has (a misspelt key would otherwise be a silent column of "–").
 """
 
 from __future__ import annotations
 
+import difflib
 import statistics
 import sys
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from etils import epath
 
+from eclip_jax import cli
 from eclip_jax import metrics as metrics_lib
 
 _METRICS = flags.DEFINE_list(
@@ -37,6 +40,7 @@ def final_metrics(workdir: str) -> dict[str, float]:
 def table(workdirs: Sequence[str], keys: Sequence[str], aggregate: bool = True) -> str:
   """One row per run, then (`aggregate`) `mean ± std` over the runs (sample std; n-1)."""
   runs = {workdir: final_metrics(workdir) for workdir in workdirs}
+  _check_keys(keys, runs)
   lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
   for workdir, final in runs.items():
     values = " | ".join(f"{final[k]:.4f}" if k in final else "–" for k in keys)
@@ -50,6 +54,17 @@ def table(workdirs: Sequence[str], keys: Sequence[str], aggregate: bool = True) 
     summary.append(f"{statistics.mean(values):.4f} ± {spread:.4f}" if values else "–")
   lines.append(f"| mean ± std (n={len(runs)}) | | " + " | ".join(summary) + " |")
   return "\n".join(lines)
+
+
+def _check_keys(keys: Sequence[str], runs: dict[str, dict[str, float]]) -> None:
+  """Raises UsageError for a key that none of the runs logged."""
+  logged = sorted({key for final in runs.values() for key in final} - {"step"})
+  for key in keys:
+    if key not in logged:
+      close = difflib.get_close_matches(key, logged, n=1)
+      hint = f"did you mean {close[0]}? " if close else ""
+      raise app.UsageError(f"--metrics: no run logged {key!r}; {hint}they logged "
+                           f"{', '.join(logged)}.")
 
 
 def run_workdirs(paths: Sequence[str]) -> list[str]:
@@ -69,8 +84,11 @@ def run_workdirs(paths: Sequence[str]) -> list[str]:
 
 
 def main(argv):
-  print(table(run_workdirs(argv[1:]), _METRICS.value, _AGGREGATE.value))
+  try:
+    print(table(run_workdirs(argv[1:]), _METRICS.value, _AGGREGATE.value))
+  except app.UsageError as error:
+    cli.fail(error, cli.EXIT_USAGE)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

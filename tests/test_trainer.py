@@ -124,8 +124,8 @@ def test_unknown_loss_impl(toyshop_tiny):
 def test_unknown_config_override_on_the_command_line(tmp_path):
   result = run_binary(tmp_path, "unused", "--config.optim.lrr=3", check=False)
   assert result.returncode != 0
-  assert ("FATAL: config.optim.lrr is not a known config field (did you mean config.optim.lr?)."
-          in result.stderr)
+  assert result.stderr.strip().splitlines() == [
+      "error: config.optim.lrr is not a known config field (did you mean config.optim.lr?)."]
 
 
 def test_missing_dataset_and_tokenizer(toyshop_tiny, tmp_path):

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags, logging
 
-from eclip_jax.data import builders  # noqa: F401  (registers the builders)
+from eclip_jax.data import builders  # (importing it registers the builders)
 from eclip_jax.data import tokenizer as tokenizer_lib
 from eclip_jax.data import transforms
 
@@ -99,10 +99,7 @@ class FieldsDataSource:
 
 def prepared_builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """The builder of a prepared dataset, or one clear error saying how to build it."""
-  try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-  except Exception as error:  # TFDS raises several types for unknown names/configs
-    raise ValueError(f"input.dataset={dataset!r} is not a known dataset: {error}") from error
+  builder = builders.builder(dataset, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
         f"input.dataset={dataset!r} is not built in input.data_dir={data_dir!r}; build it "
