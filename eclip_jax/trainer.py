@@ -38,6 +38,7 @@ from etils import epath
 
 from eclip_jax import checkpoint as checkpoint_lib
 from eclip_jax import config_base
+from eclip_jax import config_checks
 from eclip_jax import evals as evals_lib
 from eclip_jax import gradients
 from eclip_jax import metrics as metrics_lib
@@ -84,6 +85,7 @@ def initial_rng(seed: int) -> jax.Array:
 def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
   """Raises one clear sentence naming the field and the fix."""
   _check_known_fields(config)
+  config_checks.check_ranges(config)
   dp = parallel.data_parallel_size(mesh)
   stages = pipeline.BatchSchedule.from_config(config).stages
   for stage, (start, batch_size) in enumerate(stages):
@@ -106,6 +108,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     raise ValueError(f"config.loss.impl={config.loss.impl!r} is unknown; use one of "
                      f"{contrastive.IMPLS}.")
   builder = pipeline.prepared_builder(config.input.dataset, config.input.data_dir)
+  config_checks.check_dataset(config, builder)
   tokenizer_path = config.input.tokenizer or tokenizer_lib.default_tokenizer_path(
       builder.data_dir, config.input.vocab_size)
   if "text" in config.input.modalities and not epath.Path(tokenizer_path).exists():
