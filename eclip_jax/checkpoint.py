@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -127,8 +128,7 @@ class Checkpointer:
       if reason is None:
         raise
       what = "checkpoints" if step is None else f"checkpoint {step}"
-      raise CheckpointWriteError(
-          f"cannot write {what} to {self.directory}: {reason}; {_WRITABLE_HINT}") from error
+      raise write_error(self.directory, reason, what) from error
 
   def restore(self, step: int, abstract_state: Any, data_iterator: DataTarget = None,
               defaults: Mapping[str, Any] | None = None) -> Any:
@@ -236,8 +236,17 @@ def _field_names(state: Any) -> list[str]:
   return [field.name for field in dataclasses.fields(state)]
 
 
-_WRITABLE_HINT = ("make it writable (a read-only mount? a full disk? no write permission on "
-                  "the bucket?) or choose another --workdir.")
+# What fails to write a file when storage, not the program, is the problem.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def write_error(directory: epath.Path, reason: str, what: str = "") -> CheckpointWriteError:
+  """'cannot write [what ]to DIRECTORY: REASON; make it writable (...) or choose another
+  --workdir.'"""
+  return CheckpointWriteError(
+      f"cannot write {what + ' ' if what else ''}to {directory}: {reason}; make it writable "
+      "(a read-only mount? a full disk? no write permission on the bucket?) or choose another "
+      "--workdir.")
 
 
 def _os_error_reason(error: BaseException) -> str | None:
@@ -264,9 +273,7 @@ def check_writable(workdir: str | epath.Path) -> None:
       probe.write_text("")
       probe.unlink()
     except OSError as error:
-      raise CheckpointWriteError(
-          f"cannot write to {directory}: {_os_error_reason(error) or error}; "
-          f"{_WRITABLE_HINT}") from error
+      raise write_error(directory, _os_error_reason(error) or str(error)) from error
 
 
 def latest_step(workdir: str | epath.Path) -> int | None:

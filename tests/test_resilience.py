@@ -283,6 +283,20 @@ def test_a_checkpoint_folder_that_becomes_read_only_fails_the_save_at_once(
 _LIMIT_FILE_SIZE = ["bash", "-c", 'ulimit -f 256 && trap "" XFSZ && exec "$@"', "limit"]
 
 
+def test_a_full_disk_error_that_names_no_file_names_the_workdir():
+  """Any writer may meet the full disk first (metrics, TensorBoard, pictures); Python's
+  error for a failed write names no file."""
+  from eclip_jax import main  # pylint: disable=g-import-not-at-top
+
+  name_the_workdir = main._name_the_workdir  # pylint: disable=protected-access
+  full = name_the_workdir(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "/runs/a")
+  assert str(full) == (
+      "cannot write to /runs/a: No space left on device; make it writable (a read-only mount? "
+      "a full disk? no write permission on the bucket?) or choose another --workdir.")
+  missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "/runs/a/x")
+  assert name_the_workdir(missing, "/runs/a") is missing
+
+
 @pytest.mark.slow
 def test_a_save_that_fails_in_the_background_stops_the_run(toyshop_tiny, tmp_path,
                                                            compilation_cache_env):
