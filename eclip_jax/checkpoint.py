@@ -240,6 +240,18 @@ def _field_names(state: Any) -> list[str]:
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
 
 
+def naming_the_workdir(error: Exception, workdir: str | epath.Path) -> Exception:
+  """A full disk fails whichever writer of a run comes first (metrics, TensorBoard,
+  pictures), mostly with an OS error that names no file: such an error becomes one that
+  names the run's folder; any other is returned as it is."""
+  if not (isinstance(error, OSError) and error.filename is None
+          and error.errno in STORAGE_ERRNOS):
+    return error
+  named = write_error(workdir, error.strerror)
+  named.__cause__ = error  # for the traceback --verbosity=1 prints
+  return named
+
+
 def write_error(directory: epath.Path, reason: str, what: str = "") -> CheckpointWriteError:
   """'cannot write [what ]to DIRECTORY: REASON; make it writable (...) or choose another
   --workdir.'"""

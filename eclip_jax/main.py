@@ -204,20 +204,9 @@ def main(argv):
              "resumes from the last complete one when started again.", cli.EXIT_INTERRUPTED,
              at_once=True)
   except Exception as error:  # pylint: disable=broad-except
-    cli.fail(_name_the_workdir(error, _WORKDIR.value), at_once=_multiprocess())
+    from eclip_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
 
-
-def _name_the_workdir(error: Exception, workdir: str) -> Exception:
-  """A full disk fails whichever writer comes first (metrics, TensorBoard, pictures), mostly
-  with an OS error that names no file: the error then names the run's folder."""
-  from eclip_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-
-  if not (isinstance(error, OSError) and error.filename is None
-          and error.errno in checkpoint_lib.STORAGE_ERRNOS):
-    return error
-  named = checkpoint_lib.write_error(workdir, error.strerror)
-  named.__cause__ = error  # for the traceback --verbosity=1 prints
-  return named
+    cli.fail(checkpoint_lib.naming_the_workdir(error, _WORKDIR.value), at_once=_multiprocess())
 
 
 def _run(config, workdir: str) -> None:

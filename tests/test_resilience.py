@@ -286,9 +286,7 @@ _LIMIT_FILE_SIZE = ["bash", "-c", 'ulimit -f 256 && trap "" XFSZ && exec "$@"', 
 def test_a_full_disk_error_that_names_no_file_names_the_workdir():
   """Any writer may meet the full disk first (metrics, TensorBoard, pictures); Python's
   error for a failed write names no file."""
-  from eclip_jax import main  # pylint: disable=g-import-not-at-top
-
-  name_the_workdir = main._name_the_workdir  # pylint: disable=protected-access
+  name_the_workdir = checkpoint_lib.naming_the_workdir
   full = name_the_workdir(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "/runs/a")
   assert str(full) == (
       "cannot write to /runs/a: No space left on device; make it writable (a read-only mount? "
