@@ -12,12 +12,22 @@ checkpoint written on one topology (8 devices) restores on another (1 device, a 
 Orbax writes into a temporary directory and renames it when complete, so a crash mid-save
 never leaves a checkpoint that looks finished. A finished one damaged later (a truncated or
 deleted file) fails to restore; `restore_latest` then falls back to the one before it.
+
+A save that cannot be written (a read-only mount, a full disk, a bucket without write
+permission) raises `CheckpointWriteError`, one sentence naming the folder and the OS error:
+`check_writable` finds the usual cases before anything compiles, the step directory is
+created in `save` itself (Orbax's default creates it in a thread whose failure leaves the
+save waiting for a signal for minutes), and `check_saves` surfaces a write that failed in
+the background at the next step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +49,13 @@ DataTarget = grain.DatasetIterator | Callable[[int], grain.DatasetIterator] | No
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_PARAMS = "params"  # an export dir's params (`save_params`), beside its config.json
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable checkpoint is renamed `<step>.corrupt`
+# TensorStore reports an OS error inside its message: "... No space left on device
+# [os_error_code='28']".
+_TENSORSTORE_OS_ERROR = re.compile(r"\[os_error_code='(\d+)'\]")
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint (or the workdir) cannot be written; the message names the path and why."""
 
 
 class _DataStateSnapshot:
@@ -68,10 +85,13 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         create=True,
         cleanup_tmp_directories=True,  # leftovers of a save interrupted by a crash
+        # A step directory that cannot be created then fails in `save`, at once.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
     )
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "data", "config"), options=options
     )
+    self._unchecked_step = None  # the last save's step until its outcome is known
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -82,13 +102,35 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
            config: ml_collections.ConfigDict) -> None:
     """Starts an async save of `state` at `step` (returns once device buffers are copied)."""
+    self.wait()  # as Orbax's save would, but naming the step of a failure the right one
     items = {
         "state": ocp.args.StandardSave(state),
         "config": ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
     }
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(_DataStateSnapshot(data_iterator))
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with self._naming_write_errors(step):
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._unchecked_step = step
+
+  def check_saves(self) -> None:
+    """Raises `CheckpointWriteError` if the last save failed in the background; does not
+    wait for one still in progress (cheap enough to call every step)."""
+    if self._unchecked_step is not None and not self._manager.is_saving_in_progress():
+      self.wait()
+
+  @contextlib.contextmanager
+  def _naming_write_errors(self, step: int | None):
+    """Orbax's write errors (OSError, or TensorStore's ValueError carrying an OS error
+    code) as one `CheckpointWriteError` naming the directory."""
+    try:
+      yield
+    except (OSError, ValueError) as error:
+      reason = _os_error_reason(error)
+      if reason is None:
+        raise
+      what = "checkpoints" if step is None else f"checkpoint {step}"
+      raise write_error(self.directory, reason, what) from error
 
   def restore(self, step: int, abstract_state: Any, data_iterator: DataTarget = None,
               defaults: Mapping[str, Any] | None = None) -> Any:
@@ -131,9 +173,9 @@ class Checkpointer:
     `data_iterator` and `defaults` as in `restore`.
 
     Newer ones that fail to restore on any process are renamed `<step>.corrupt`, with a
-    warning naming them and the step used instead. When none restores, the newest one's
-    error is raised and nothing is renamed: a changed config fails on every step alike and
-    is no corruption.
+    warning naming them and the step used instead. When none restores, a RuntimeError says
+    so (with the newest one's error) and nothing is renamed: a changed config fails on every
+    step alike and is no corruption.
     """
     unreadable, errors = [], []
     for step in sorted(self.all_steps(), reverse=True):
@@ -149,8 +191,11 @@ class Checkpointer:
       unreadable.append(step)
       errors.append(error)
     if unreadable:
-      raise errors[0] or RuntimeError(
-          f"checkpoint {unreadable[0]} in {self.directory} failed to restore on another process")
+      raise RuntimeError(
+          f"no checkpoint in {self.directory} restores (the newest, {unreadable[0]}: "
+          f"{_first_line(errors[0])}); a run whose model or optimizer config changed cannot "
+          f"resume: train in a new --workdir (--config.init_from={self.directory.parent} "
+          "loads the parameters that still fit).") from errors[0]
     return None
 
   def _set_aside(self, steps: list[int], restored_step: int,
@@ -178,10 +223,14 @@ class Checkpointer:
     ]
 
   def wait(self) -> None:
-    """Blocks until the last async save is on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until the last async save is on disk; raises `CheckpointWriteError` if it
+    failed."""
+    step, self._unchecked_step = self._unchecked_step, None
+    with self._naming_write_errors(step):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
+    self.wait()
     self._manager.close()
 
 
@@ -189,11 +238,74 @@ def _field_names(state: Any) -> list[str]:
   return [field.name for field in dataclasses.fields(state)]
 
 
+# What fails to write a file when storage, not the program, is the problem.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def naming_the_workdir(error: Exception, workdir: str | epath.Path) -> Exception:
+  """A full disk fails whichever writer of a run comes first (metrics, TensorBoard,
+  pictures), mostly with an OS error that names no file: such an error becomes one that
+  names the run's folder; any other is returned as it is."""
+  if not (isinstance(error, OSError) and error.filename is None
+          and error.errno in STORAGE_ERRNOS):
+    return error
+  named = write_error(workdir, error.strerror)
+  named.__cause__ = error  # for the traceback --verbosity=1 prints
+  return named
+
+
+def write_error(directory: epath.Path, reason: str, what: str = "") -> CheckpointWriteError:
+  """'cannot write [what ]to DIRECTORY: REASON; make it writable (...) or choose another
+  --workdir.'"""
+  return CheckpointWriteError(
+      f"cannot write {what + ' ' if what else ''}to {directory}: {reason}; make it writable "
+      "(a read-only mount? a full disk? no write permission on the bucket?) or choose another "
+      "--workdir.")
+
+
+def _os_error_reason(error: BaseException) -> str | None:
+  """'No space left on device' for an OS error that is, or caused, `error`; else None."""
+  while error is not None:
+    if isinstance(error, OSError) and error.strerror:
+      return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+    code = _TENSORSTORE_OS_ERROR.search(str(error))
+    if code:
+      return os.strerror(int(code.group(1)))
+    error = error.__cause__
+  return None
+
+
+def check_writable(workdir: str | epath.Path) -> None:
+  """Raises `CheckpointWriteError` unless this process can create files in `workdir` and
+  in its checkpoint folder (creating both), so that a run fails before compiling rather
+  than at its first save."""
+  workdir = absolute(workdir)
+  for directory in (workdir, workdir / CHECKPOINT_DIR):
+    probe = directory / f".write_test.{jax.process_index()}"
+    try:
+      directory.mkdir(parents=True, exist_ok=True)
+      probe.write_text("")
+      probe.unlink()
+    except OSError as error:
+      raise write_error(directory, _os_error_reason(error) or str(error)) from error
+
+
+def latest_step(workdir: str | epath.Path) -> int | None:
+  """The newest finished checkpoint's step in `workdir`, without creating anything."""
+  directory = absolute(workdir) / CHECKPOINT_DIR
+  if not directory.is_dir():
+    return None
+  return max(ocp.utils.checkpoint_steps(directory), default=None)
+
+
 def _first_line(error: Exception | None) -> str:
-  """TensorStore errors run to pages (the whole store spec); their first line says what."""
+  """What went wrong, in one line. TensorStore's restore errors run to pages (the whole
+  store spec, printed as `<bound method ...>`); the error they wrap says what."""
   if error is None:
     return "failed on another process"
-  return next(iter(str(error).splitlines()), type(error).__name__)[:200]
+  while error.__cause__ is not None:
+    error = error.__cause__
+  return next(iter(str(error).splitlines()), type(error).__name__)[:500]
 
 
 def absolute(path: str | epath.Path) -> epath.Path:

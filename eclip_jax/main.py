@@ -14,7 +14,9 @@ under SLURM (`srun`) or Open MPI nothing is needed: JAX detects the cluster. A p
 fails exits at once, and the others follow within `--heartbeat_timeout_seconds`.
 
 Exit codes: 0 done; 75 (EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a checkpoint, so
-run the same command again to continue; anything else failed.
+run the same command again to continue; 2 a usage error (a flag, the config file, a config
+value); 1 another failure; 130 a second Ctrl-C, which stops at once. Errors end as one
+`error: ...` line; `--verbosity=1` prints the traceback too.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import importlib.util
 import logging as python_logging
 import os
 import sys
-import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from eclip_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints).")
@@ -59,23 +62,34 @@ EXIT_PREEMPTED = 75
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, but a `--config.x.y` override of a field that does not exist is one clear
-  sentence instead of a traceback from inside ml_collections."""
+  """absl parsing with its errors as one `error:` line (exit 2); so are a config file that
+  is missing or fails to load, and a `--config.x.y` override of a field that does not
+  exist, instead of a traceback from inside ml_collections."""
+  for spec in _config_specs(argv):
+    if not os.path.isfile(spec.partition(":")[0]):
+      cli.fail(f"--config={spec}: there is no config file {spec.partition(':')[0]}.",
+               cli.EXIT_USAGE, argv=argv)
   try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError):
-    message = _unknown_override(argv)
-    if message is None:
-      raise
-    print(f"FATAL: {message}", file=sys.stderr)
-    sys.exit(2)
+    argv = flags.FLAGS(argv)
+    _CONFIG.value  # pylint: disable=pointless-statement  (loads the file, lazy otherwise)
+    return argv
+  except (AttributeError, KeyError) as error:  # what ml_collections raises for a bad override
+    cli.fail(_unknown_override(argv) or error, cli.EXIT_USAGE, argv=argv)
+  except Exception as error:  # pylint: disable=broad-except  (anything the config file raises)
+    cli.fail(error, cli.EXIT_USAGE, argv=argv)
+
+
+def _config_specs(argv: list[str]) -> list[str]:
+  """`path[:arg]` of every `--config=path[:arg]` (absl loads each, and keeps the last)."""
+  return [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
 
 
 def _unknown_override(argv: list[str]) -> str | None:
   """'config.optim.lrr is not a known config field (did you mean config.optim.lr?).'"""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None:
+  specs = _config_specs(argv)
+  if not specs:
     return None
+  spec = specs[-1]
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("_config_file", path)
   module = importlib.util.module_from_spec(module_spec)
@@ -138,32 +152,61 @@ _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/jax/_src/"
 
 
 def _quiet_library_logs() -> None:
-  """Keeps warnings from everywhere but INFO only from eclip_jax (unless --verbosity>=1)."""
+  """Keeps warnings from everywhere but INFO only from eclip_jax (unless --verbosity>=1);
+  the libraries' warnings and errors lose their tracebacks, which `cli.fail`'s last line
+  makes redundant (Orbax logs a failed save's three times)."""
   if logging.get_verbosity() > logging.INFO:
     return
 
   def keep(record) -> bool:
-    return record.levelno >= python_logging.WARNING or not any(
-        part in record.pathname for part in _CHATTY_LIBRARIES)
+    from_library = any(part in record.pathname for part in _CHATTY_LIBRARIES)
+    if from_library:
+      record.exc_info = record.exc_text = record.stack_info = None
+    return record.levelno >= python_logging.WARNING or not from_library
 
   logging.get_absl_handler().addFilter(keep)
 
 
+def _drop_abandoned_write_callbacks() -> None:
+  """After a failed save, TensorStore finishes the writes Orbax abandoned by calling back into
+  Orbax's closed event loop, and each 'Event loop is closed' reaches `sys.unraisablehook` as
+  a traceback (dozens, around the error line that already says what failed)."""
+  if logging.get_verbosity() > logging.INFO:
+    return
+  default = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      default(unraisable)
+
+  sys.unraisablehook = unraisablehook
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  _initialize_distributed()
+  cli.no_arguments(argv)
+  try:
+    _initialize_distributed()
+  except Exception as error:  # pylint: disable=broad-except
+    cli.fail(error, cli.EXIT_FAILURE)
   from eclip_jax import trainer  # pylint: disable=g-import-not-at-top  (after distributed init)
 
   _quiet_library_logs()
+  _drop_abandoned_write_callbacks()
   try:
     _run(_CONFIG.value, _WORKDIR.value)
   except trainer.Preempted as stop:
     print(stop, file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
-  except Exception:  # pylint: disable=broad-except
-    _exit_at_once_if_multiprocess()
-    raise
+  except KeyboardInterrupt:  # a second Ctrl-C (the first stops gracefully), or one at startup
+    # At once: a save that hangs keeps a thread the interpreter's exit would wait for.
+    cli.fail("interrupted; a checkpoint being written is left incomplete, and the run "
+             "resumes from the last complete one when started again.", cli.EXIT_INTERRUPTED,
+             at_once=True)
+  except Exception as error:  # pylint: disable=broad-except
+    from eclip_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+
+    cli.fail(checkpoint_lib.naming_the_workdir(error, _WORKDIR.value), at_once=_multiprocess())
 
 
 def _run(config, workdir: str) -> None:
@@ -179,18 +222,13 @@ def _run(config, workdir: str) -> None:
       print(f"{key:40s} {value:.4f}")
 
 
-def _exit_at_once_if_multiprocess() -> None:
-  """A failed process of a multi-process run exits now instead of waiting in JAX's exit
+def _multiprocess() -> bool:
+  """A failed process of a multi-process run exits at once instead of waiting in JAX's exit
   barrier (`--shutdown_timeout_seconds`) for peers stuck in a collective that waits for it;
   its closed connections make those peers fail at once too."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  if jax.process_count() > 1:
-    traceback.print_exc()
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)  # pylint: disable=protected-access
+  return jax.process_count() > 1
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ drops the mean ± std row (to put different methods side by side, as `make demo`
 against both references: "RUN finds the product in N% of photos vs center prior M% (box-area
 chance K%)".
 Arguments that are files, not directories (a glob catching `RUN.log` beside `RUN/`), are
-skipped and named on stderr; a directory without `metrics.jsonl` is an error.
+skipped and named on stderr; a directory without `metrics.jsonl` is an error, and so is a
+metric no run has (a misspelt key would otherwise be a silent column of "–").
 """
 
 from __future__ import annotations
 
+import difflib
 import statistics
 import sys
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from absl import app, flags
 from etils import epath
 
+from eclip_jax import cli
 from eclip_jax import metrics as metrics_lib
 
 _METRICS = flags.DEFINE_list(
@@ -41,6 +44,7 @@ def final_metrics(workdir: str) -> dict[str, float]:
 def table(workdirs: Sequence[str], keys: Sequence[str], aggregate: bool = True) -> str:
   """One row per run, then (`aggregate`) `mean ± std` over the runs (sample std; n-1)."""
   runs = {workdir: final_metrics(workdir) for workdir in workdirs}
+  _check_keys(keys, runs)
   lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
   for workdir, final in runs.items():
     values = " | ".join(f"{final[k]:.4f}" if k in final else "–" for k in keys)
@@ -68,6 +72,17 @@ def pointing_reading(workdir: str, name: str = "grounding") -> str | None:
           f"(box-area chance {chance:.0%})")
 
 
+def _check_keys(keys: Sequence[str], runs: dict[str, dict[str, float]]) -> None:
+  """Raises UsageError for a key that none of the runs logged."""
+  logged = sorted({key for final in runs.values() for key in final} - {"step"})
+  for key in keys:
+    if key not in logged:
+      close = difflib.get_close_matches(key, logged, n=1)
+      hint = f"did you mean {close[0]}? " if close else ""
+      raise app.UsageError(f"--metrics: no run logged {key!r}; {hint}they logged "
+                           f"{', '.join(logged)}.")
+
+
 def run_workdirs(paths: Sequence[str]) -> list[str]:
   """`paths` without the plain files among them (reported on stderr); every directory left
   must hold a `metrics.jsonl`."""
@@ -85,12 +100,15 @@ def run_workdirs(paths: Sequence[str]) -> list[str]:
 
 
 def main(argv):
-  workdirs = run_workdirs(argv[1:])
-  print(table(workdirs, _METRICS.value, _AGGREGATE.value))
+  try:
+    workdirs = run_workdirs(argv[1:])
+    print(table(workdirs, _METRICS.value, _AGGREGATE.value))
+  except app.UsageError as error:
+    cli.fail(error, cli.EXIT_USAGE)
   if _READING.value:
     readings = [pointing_reading(workdir) for workdir in workdirs]
     print("\n" + "\n".join(r for r in readings if r))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

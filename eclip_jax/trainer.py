@@ -38,6 +38,7 @@ from etils import epath
 
 from eclip_jax import checkpoint as checkpoint_lib
 from eclip_jax import config_base
+from eclip_jax import config_checks
 from eclip_jax import evals as evals_lib
 from eclip_jax import gradients
 from eclip_jax import interop
@@ -85,6 +86,7 @@ def initial_rng(seed: int) -> jax.Array:
 def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
   """Raises one clear sentence naming the field and the fix."""
   _check_known_fields(config)
+  config_checks.check_ranges(config)
   dp = parallel.data_parallel_size(mesh)
   stages = pipeline.BatchSchedule.from_config(config).stages
   for stage, (start, batch_size) in enumerate(stages):
@@ -96,10 +98,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
         raise ValueError(f"{field} is not divisible by the {what}; use a multiple of "
                          f"{divisor}.")
   gradients.get(config.train.gradients)  # raises for unknown names
-  streams = config.train.streams
-  if not isinstance(streams, int) or streams < 1:
-    raise ValueError(f"config.train.streams={streams!r} must be a positive number of "
-                     "micro-batches.")
+  streams = config.train.streams  # a positive integer (config_checks)
   for start, batch_size in stages:
     if streams > 1 and batch_size // dp % streams:
       raise ValueError(
@@ -117,6 +116,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     raise ValueError(f"config.loss.impl={config.loss.impl!r} is unknown; use one of "
                      f"{contrastive.IMPLS}.")
   builder = pipeline.prepared_builder(config.input.dataset, config.input.data_dir)
+  config_checks.check_dataset(config, builder)
   tokenizer_path = pipeline.tokenizer_path(config.input, builder)
   if "text" in config.input.modalities and not epath.Path(tokenizer_path).exists():
     raise FileNotFoundError(
@@ -317,6 +317,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   workdir = epath.Path(workdir)
   mesh = parallel.make_mesh(config.mesh)
   validate_config(config, mesh)
+  checkpoint_lib.check_writable(workdir)  # now, not at the first save after compiling
   setup = Setup(config, mesh)
   is_primary = jax.process_index() == 0
   if is_primary:
@@ -354,6 +355,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
           timer.reset()  # nor is the first batch's wait, the input pipeline starting up
       state, step_metrics = compiled_steps[shapes](state, batch)
       timer.step_done(batch_size=batch["product_id"].shape[0])
+      checkpointer.check_saves()  # a save that failed in the background stops the run now
 
       row = {}
       if step % config.log_every_steps == 0 or step == final_step:
@@ -382,7 +384,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         checkpointer.save(step, state, data.iterator, config)
       if preempted:
         break
-    checkpointer.wait()  # still shielded: a second signal must not cut the save short
+    checkpointer.wait()  # still shielded: a second SIGTERM must not cut the save short
 
   checkpointer.close()
   writer.close()
@@ -450,7 +452,8 @@ def _every(step: int, interval: int) -> bool:
 @contextlib.contextmanager
 def _stop_on_signals(checkpointer: checkpoint_lib.Checkpointer):
   """Yields `stop_requested(step)`: true once SIGTERM or SIGINT arrived, at the same step on
-  every process; the previous signal handlers are back on exit."""
+  every process; a second Ctrl-C raises KeyboardInterrupt at once. The previous signal
+  handlers are back on exit."""
   if jax.distributed.is_initialized():
     # JAX's preemption notifier owns SIGTERM and agrees on a stop step with the other
     # processes (Orbax asks it); Ctrl-C is routed to it so that it is agreed on too.
@@ -461,12 +464,27 @@ def _stop_on_signals(checkpointer: checkpoint_lib.Checkpointer):
     handlers = dict.fromkeys((signal.SIGTERM, signal.SIGINT),
                              lambda signum, _: received.append(signum))
     stop_requested = lambda step: bool(received)  # noqa: E731
+  handlers[signal.SIGINT] = _interrupt_on_second_press(handlers[signal.SIGINT])
   previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
   try:
     yield stop_requested
   finally:
     for signum, handler in previous.items():
       signal.signal(signum, handler)
+
+
+def _interrupt_on_second_press(handler: Callable[[int, Any], None]) -> Callable[[int, Any], None]:
+  """`handler` on the first Ctrl-C; KeyboardInterrupt on the next, which someone presses
+  because the graceful stop takes too long (a save to a hung file system, say)."""
+  pressed = []
+
+  def on_ctrl_c(signum, frame):
+    if pressed:
+      raise KeyboardInterrupt
+    pressed.append(signum)
+    handler(signum, frame)
+
+  return on_ctrl_c
 
 
 def _initial_state(setup: Setup, checkpointer, data: _TrainData) -> TrainState:
@@ -553,9 +571,7 @@ def _latest_params(config: ml_collections.ConfigDict, workdir: epath.Path, purpo
   mesh = parallel.make_mesh(config.mesh)
   validate_config(config, mesh)
   setup = Setup(config, mesh)
-  checkpointer = checkpoint_lib.Checkpointer(workdir)
-  step = checkpointer.latest_step()
-  checkpointer.close()
+  step = checkpoint_lib.latest_step(workdir)  # a Checkpointer would create checkpoints/
   if step is None:
     raise FileNotFoundError(f"{workdir} has no checkpoint to {purpose}; train first.")
   params = checkpoint_lib.load_params(

@@ -333,8 +333,8 @@ def test_zeroshot_classification_scores_the_most_similar_class(mesh, tiny_input_
     ({"type": "retrieval", "positives": "sku"},
      "config.evals.under_test.positives='sku' is unknown; choose one of ['catalog', 'pair', 'product']"),
     ({"type": "retrieval", "split": "dev"},
-     "config.evals.under_test.split='dev' is not a split of toyshop/tiny; choose one of "
-     "['test', 'train', 'validation']"),
+     "config.evals.under_test.split='dev' is not a split of the dataset (toyshop/tiny has "
+     "['test', 'train', 'validation']); pass --config.evals.under_test.split=validation."),
     ({"type": "zeroshot_classification", "templates": ("a photo",)},
      "config.evals.under_test.templates=('a photo',) must be a non-empty tuple of format "
      "strings with exactly one '{}'"),

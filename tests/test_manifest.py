@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import pathlib
+import re
 import subprocess
 import sys
 import wave
@@ -15,6 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from eclip_jax.data import manifest as manifest_lib
+from eclip_jax.data import transforms
 
 
 def _write_image(path, color, format_name):
@@ -297,3 +299,96 @@ def test_prepare_overwrite_rebuilds_a_manifest_whose_categories_changed(tmp_path
   assert builder.info.features["category"].names == ["lamp"]
   reread = tfds.data_source("product_manifest", split="train", data_dir=data_dir)
   assert len(reread) == 20
+
+
+def test_16_bit_and_transparent_images_keep_what_decoding_needs(shop, tmp_path):
+  """Formats stored as PNG keep 16-bit gray and transparency, so that decoding scales the
+  gray levels (instead of clipping them to white) and puts cut-outs on white (not black)."""
+  gray = np.array([0, 257, 32896, 65535], ">u2")
+  Image.frombytes("I;16B", (4, 1), gray.tobytes()).save(shop / "img/gray16.tif")
+  cutout = Image.new("RGBA", (4, 1))
+  cutout.putdata([(200, 100, 0, 255), (200, 100, 0, 0), (0, 0, 255, 255), (9, 9, 9, 0)])
+  cutout.save(shop / "img/cutout.webp", lossless=True)
+  manifest = _write_manifest(shop / "shop.jsonl", [
+      {"product_id": "gray", "title": "Gray", "images": ["img/gray16.tif"]},
+      {"product_id": "cut", "title": "Cut", "images": ["img/cutout.webp"]},
+  ])
+  _build(manifest, tmp_path / "data")
+  records = _records_by_id(
+      tfds.data_source("product_manifest", split="train", data_dir=str(tmp_path / "data")))
+  whole = lambda w, h: (0, 0, w, h)  # noqa: E731  (4x1 -> 4x4: the row repeated)
+  pixels, _, _ = transforms.decode_crop_resize(records["gray"]["images"][0], 4, whole)
+  np.testing.assert_array_equal(pixels[0], [[0] * 3, [1] * 3, [128] * 3, [255] * 3])
+  pixels, _, _ = transforms.decode_crop_resize(records["cut"]["images"][0], 4, whole)
+  np.testing.assert_array_equal(pixels[0], [[200, 100, 0], [255] * 3, [0, 0, 255], [255] * 3])
+
+
+def test_a_manifest_without_the_train_split_is_refused_before_building(tmp_path):
+  from eclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+  image = _write_image(tmp_path / "a.jpg", "red", "JPEG")
+  manifest = _write_manifest(tmp_path / "shop.jsonl", [
+      {"product_id": f"p{i}", "title": f"red thing number {i}", "images": [str(image)],
+       "split": "training" if i < 15 else "val"} for i in range(20)])
+  data_dir = tmp_path / "data"
+  with pytest.raises(ValueError, match=re.escape(
+      f"{manifest} has no 'train' split (its splits: ['training', 'val']), which the tokenizer "
+      "is trained on and training reads; name the training lines' split 'train', or pass "
+      "--train_split=<split> here and --config.input.train_split=<split> to training.")):
+    prepare.prepare("product_manifest", str(data_dir), manifest=str(manifest), vocab_size=300)
+  assert not (data_dir / "product_manifest").exists()  # nothing half-built to --overwrite
+
+  builder, tokenizer_path = prepare.prepare("product_manifest", str(data_dir),
+                                            manifest=str(manifest), vocab_size=300,
+                                            train_split="training")
+  assert {s: i.num_examples for s, i in builder.info.splits.items()} == {"training": 15, "val": 5}
+  assert tokenizer_path.exists()
+
+
+def test_prepare_refuses_a_build_of_another_or_an_edited_manifest(tmp_path):
+  """The build records its manifest's path and hash: prepare with another manifest, or the
+  same one edited, says how to proceed instead of silently reusing the old records."""
+  from eclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+  image = _write_image(tmp_path / "a.jpg", "red", "JPEG")
+  lines = [{"product_id": f"p{i}", "title": f"red thing number {i}", "images": [str(image)]}
+           for i in range(20)]
+  first = _write_manifest(tmp_path / "first.jsonl", lines)
+  second = _write_manifest(tmp_path / "second.jsonl",
+                           lines + [{"product_id": "new", "title": "new", "images": [str(image)]}])
+  data_dir = str(tmp_path / "data")
+  prepare.prepare("product_manifest", data_dir, manifest=str(first), vocab_size=300)
+  build = tmp_path / "data/product_manifest/default/1.0.0"
+  how = ("; pass --overwrite to rebuild it, or build this manifest under a new name with "
+         "--dataset=product_manifest/<name>.")
+  with pytest.raises(ValueError, match=re.escape(
+      f"{build} holds product_manifest/default built from {first}, not {second}{how}")):
+    prepare.prepare("product_manifest", data_dir, manifest=str(second), vocab_size=300)
+
+  original = first.read_text()
+  first.write_text(original + json.dumps({"product_id": "x", "title": "x",
+                                          "images": [str(image)]}) + "\n")
+  with pytest.raises(ValueError, match=re.escape(
+      f"built from {first} as it was before it changed{how}")):
+    prepare.prepare("product_manifest", data_dir, manifest=str(first), vocab_size=300)
+
+  first.write_text(original)  # the manifest it was built from: reused as it is
+  builder, _ = prepare.prepare("product_manifest", data_dir, manifest=str(first), vocab_size=300)
+  assert builder.info.splits["train"].num_examples == 20
+  builder, _ = prepare.prepare("product_manifest/second", data_dir, manifest=str(second),
+                               vocab_size=300)
+  assert builder.info.splits["train"].num_examples == 21
+
+
+def test_field_summary_counts_the_records_that_have_each_field(shop, tmp_path):
+  manifest = _write_manifest(shop / "shop.jsonl", [
+      {"product_id": f"p{i}", "title": f"T{i}", "images": ["img/red.jpg"],
+       **({"description": "only this one", "boxes": [[0, 0, 1, 1]]} if i == 3 else {})}
+      for i in range(10)])
+  from eclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
+  summary = prepare.field_summary(_build(manifest, tmp_path / "data").as_data_source("train"))
+  assert summary["description"] == "present 1/10, size mean 1.3 max 13"
+  assert summary["boxes"].startswith("present 1/10,")
+  assert summary["title"].startswith("present 10/10,")
+  assert summary["restricted"].startswith("present 10/10,")  # a flag is always there

@@ -1,6 +1,7 @@
 """metrics.jsonl writing (and its truncation on resume), MFU, and the run summary table."""
 
 import json
+import re
 
 import pytest
 from absl import app
@@ -64,3 +65,14 @@ def test_pointing_reading_names_both_references(tmp_path):
       "eclip_tiny finds the product in 46% of photos vs center prior 32% (box-area chance 23%)")
   (run / "metrics.jsonl").write_text('{"step": 600, "eval/retrieval/i2t_r1": 0.1}\n')
   assert summarize.pointing_reading(str(run)) is None
+
+
+def test_summarize_rejects_a_metric_that_no_run_logged(tmp_path):
+  run = tmp_path / "seed0"
+  run.mkdir()
+  row = {"step": 10, "train/loss": 2.0, "eval/retrieval/i2t_r1": 0.5}
+  (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+  with pytest.raises(app.UsageError, match=re.escape(
+      "--metrics: no run logged 'eval/retrival/i2t_r1'; did you mean eval/retrieval/i2t_r1? "
+      "they logged eval/retrieval/i2t_r1, train/loss.")):
+    summarize.table([str(run)], ["train/loss", "eval/retrival/i2t_r1"])

@@ -3,12 +3,15 @@ the last complete checkpoint, SIGTERM saves and exits so that a re-run continues
 damaged latest checkpoint falls back to the one before. Each compares bitwise with an
 uninterrupted run."""
 
+import errno
 import logging
 import os
 import random
 import re
 import shutil
 import signal
+import subprocess
+import threading
 import time
 
 import jax
@@ -17,6 +20,7 @@ import pytest
 
 from eclip_jax import checkpoint as checkpoint_lib
 from eclip_jax import trainer
+from eclip_jax.data import pipeline
 from tests.helpers import (EXIT_PREEMPTED, binary_command, final_params, finish, logged_steps,
                            losses, start, subprocess_env, tiny_config, wait_until)
 
@@ -169,3 +173,179 @@ def test_deleted_file_falls_back_but_a_changed_config_renames_nothing(reference,
   intact.close()
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
                jax.device_get(expected.params))
+
+
+# --- Checkpoints that cannot be written: one sentence naming the path, never a hang. --------
+def _error_lines(output: str) -> list[str]:
+  return [line for line in output.splitlines() if line.startswith("error: ")]
+
+
+def test_an_unwritable_workdir_fails_before_compiling(toyshop_tiny, tmp_path,
+                                                      compilation_cache_env):
+  (tmp_path / "file").write_text("")
+  workdir = tmp_path / "file" / "run"  # under a regular file: nothing can be created there
+  log = tmp_path / "run.log"
+  started = time.monotonic()
+  code, output = finish(start(binary_command(workdir, toyshop_tiny[0]),
+                              subprocess_env(compilation_cache_env), log), log, timeout=30)
+  assert time.monotonic() - started < 30
+  assert code == 1 and output.strip().splitlines() == [
+      f"error: cannot write to {workdir}: Not a directory ({workdir}); make it writable (a "
+      "read-only mount? a full disk? no write permission on the bucket?) or choose another "
+      "--workdir."], output[-3000:]
+
+
+# What writing into such a directory fails with (root: EPERM, from the immutable attribute).
+_READ_ONLY_REASON = os.strerror(errno.EPERM if os.geteuid() == 0 else errno.EACCES)
+
+
+@pytest.fixture
+def make_read_only():
+  """Makes directories unwritable for this process, as a read-only mount does: chmod, or as
+  root (whom modes do not stop) the immutable attribute. Undone at teardown."""
+  made = []
+
+  def make(directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+      if not shutil.which("chattr") or subprocess.run(["chattr", "+i", directory]).returncode:
+        pytest.skip("root, and no immutable attribute here to make a directory read-only")
+    else:
+      directory.chmod(0o555)
+    made.append(directory)
+    try:
+      (directory / "probe").mkdir()
+    except OSError:
+      return directory
+    pytest.skip(f"could not make {directory} read-only")
+
+  yield make
+  for directory in made:
+    if os.geteuid() == 0:
+      subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+      directory.chmod(0o755)
+
+
+def test_a_read_only_checkpoint_folder_fails_before_compiling(toyshop_tiny, tmp_path,
+                                                              compilation_cache_env,
+                                                              make_read_only):
+  """It used to train up to the first save, then wait 300 s (ignoring Ctrl-C) for a signal
+  from the thread that had failed to create the step directory."""
+  workdir = tmp_path / "run"
+  directory = make_read_only(workdir / checkpoint_lib.CHECKPOINT_DIR)
+  log = tmp_path / "run.log"
+  process = start(binary_command(workdir, toyshop_tiny[0]), subprocess_env(compilation_cache_env), log)
+  try:
+    code, output = finish(process, log, timeout=30)
+  finally:
+    process.kill()
+  assert code == 1 and output.strip().splitlines() == [
+      f"error: cannot write to {directory}: {_READ_ONLY_REASON} ({directory}/.write_test.0); "
+      "make it writable (a read-only mount? a full disk? no write permission on the bucket?) "
+      "or choose another --workdir."], output[-3000:]
+
+
+def test_a_checkpoint_folder_that_becomes_read_only_fails_the_save_at_once(
+    tmp_path, tiny_input_config, make_read_only):
+  """Orbax's default creates the step directory in a thread whose failure left the save (of
+  the data iterator's state, written synchronously) waiting 300 s for a signal; now the save
+  raises within seconds, naming the folder."""
+  config = tiny_config()
+  state = trainer.Setup(config).init_state()
+  data_iterator = pipeline.make_train_iterator(tiny_input_config, seed=0)
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path)
+  directory = make_read_only(tmp_path / checkpoint_lib.CHECKPOINT_DIR)
+  raised = []
+
+  def save():
+    try:
+      checkpointer.save(1, state, data_iterator, config)
+      checkpointer.wait()
+    except Exception as error:  # pylint: disable=broad-except
+      raised.append(error)
+
+  thread = threading.Thread(target=save, daemon=True)
+  thread.start()
+  thread.join(timeout=20)
+  assert not thread.is_alive(), "the save hangs"
+  assert [str(e) for e in raised] == [
+      f"cannot write checkpoint 1 to {directory}: {_READ_ONLY_REASON} "
+      f"({directory}/1.orbax-checkpoint-tmp); make it writable (a read-only mount? a full disk? "
+      "no write permission on the bucket?) or choose another --workdir."]
+  assert isinstance(raised[0], checkpoint_lib.CheckpointWriteError)
+  checkpointer.close()
+  data_iterator.close()
+
+
+# Runs a command whose files may not grow past 256 KiB: writes past it fail with EFBIG, as
+# on a full disk (the signal that would kill the process instead is ignored).
+_LIMIT_FILE_SIZE = ["bash", "-c", 'ulimit -f 256 && trap "" XFSZ && exec "$@"', "limit"]
+
+
+def test_a_full_disk_error_that_names_no_file_names_the_workdir():
+  """Any writer may meet the full disk first (metrics, TensorBoard, pictures); Python's
+  error for a failed write names no file."""
+  name_the_workdir = checkpoint_lib.naming_the_workdir
+  full = name_the_workdir(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "/runs/a")
+  assert str(full) == (
+      "cannot write to /runs/a: No space left on device; make it writable (a read-only mount? "
+      "a full disk? no write permission on the bucket?) or choose another --workdir.")
+  missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "/runs/a/x")
+  assert name_the_workdir(missing, "/runs/a") is missing
+
+
+@pytest.mark.slow
+def test_a_save_that_fails_in_the_background_stops_the_run(toyshop_tiny, tmp_path,
+                                                           compilation_cache_env):
+  """The arrays of the step-5 save fail to write after training moved on: the run stops
+  within seconds with one line naming the folder and the OS error."""
+  workdir, log = tmp_path / "run", tmp_path / "run.log"
+  command = _LIMIT_FILE_SIZE + binary_command(workdir, toyshop_tiny[0])
+  code, output = finish(start(command, subprocess_env(compilation_cache_env), log), log, timeout=60)
+  assert code == 1, output[-3000:]
+  assert output.strip().splitlines()[-1] == (
+      f"error: cannot write checkpoint 5 to {workdir / 'checkpoints'}: File too large; make it "
+      "writable (a read-only mount? a full disk? no write permission on the bucket?) or "
+      "choose another --workdir."), output[-3000:]
+  assert len(_error_lines(output)) == 1 and "Traceback" not in output
+  assert not _complete_steps(workdir)
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+  """The first SIGINT asks for a graceful stop; the second raises KeyboardInterrupt, even
+  while a save (here: a sleep) would otherwise keep the run waiting."""
+  with trainer._stop_on_signals(None) as stop_requested:  # pylint: disable=protected-access
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)
+    assert stop_requested(1)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(10)
+    assert time.monotonic() - started < 5
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# Orbax leaves the reads of the failed restore's other arrays unawaited.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_the_fallback_warning_says_why_a_checkpoint_does_not_restore(tmp_path, caplog):
+  config = tiny_config()
+  setup = trainer.Setup(config)
+  state = setup.init_state()
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path)
+  for step in (1, 2):
+    checkpointer.save(step, state, None, config)
+  checkpointer.wait()
+  files = (tmp_path / checkpoint_lib.CHECKPOINT_DIR / "2" / "state").rglob("*")
+  largest = max((p for p in files if p.is_file()), key=lambda p: p.stat().st_size)
+  os.truncate(largest, largest.stat().st_size // 2)
+  with caplog.at_level(logging.WARNING):
+    checkpointer.restore_latest(setup.abstract_state)
+  checkpointer.close()
+  assert checkpointer.all_steps() == [1]
+  # TensorStore's own message, not its `<bound method ...>` dump of the store spec.
+  assert re.search(r"Checkpoint\(s\) \[2\] in \S+ do not restore \(2: OUT_OF_RANGE: Error "
+                   r"reading .*Requested byte range \[\d+, \d+\) is not valid for value of "
+                   r"size \d+\); restored step 1 instead", caplog.text), caplog.text
+  assert "bound method" not in caplog.text

@@ -2,6 +2,10 @@
 init_from, misconfiguration errors, non-finite loss."""
 
 import json
+import logging
+import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -9,9 +13,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from eclip_jax import checkpoint as checkpoint_lib
+from eclip_jax import evals as evals_lib
 from eclip_jax import metrics as metrics_lib
 from eclip_jax import parallel, trainer
-from tests.helpers import final_params, random_batch, run_binary, run_steps, tiny_config
+from tests.helpers import (REPO, final_params, plain_cpu_env, random_batch, run_binary,
+                           run_steps, tiny_config)
 
 
 @pytest.mark.parametrize("mesh_config", [{"data": 8}, {"data": 4, "fsdp": 2},
@@ -124,8 +130,8 @@ def test_unknown_loss_impl(toyshop_tiny):
 def test_unknown_config_override_on_the_command_line(tmp_path):
   result = run_binary(tmp_path, "unused", "--config.optim.lrr=3", check=False)
   assert result.returncode != 0
-  assert ("FATAL: config.optim.lrr is not a known config field (did you mean config.optim.lr?)."
-          in result.stderr)
+  assert result.stderr.strip().splitlines() == [
+      "error: config.optim.lrr is not a known config field (did you mean config.optim.lr?)."]
 
 
 def test_missing_dataset_and_tokenizer(toyshop_tiny, tmp_path):
@@ -191,5 +197,164 @@ def test_training_run_writes_the_contract_outputs(toyshop_tiny, tmp_path):
 def test_a_moved_config_override_names_its_new_home(tmp_path):
   result = run_binary(tmp_path, "unused", "--config.loss.instance_selection=text", check=False)
   assert result.returncode != 0
-  assert ("FATAL: config.loss.instance_selection moved to config.eclip.instance_selection; set "
-          "that instead." in result.stderr)
+  assert result.stderr.strip().splitlines() == [
+      "error: config.loss.instance_selection moved to config.eclip.instance_selection; set "
+      "that instead."]
+
+
+# --- Numeric ranges: one sentence naming the field, before compiling. ------------------------
+@pytest.mark.parametrize("field, value, message", [
+    ("total_steps", -5, "config.total_steps=-5: must be an integer >= 1"),
+    ("log_every_steps", 0, "config.log_every_steps=0: must be an integer >= 1"),
+    ("eval_every_steps", -1, "config.eval_every_steps=-1: must be an integer >= 0"),
+    ("checkpoint_every_steps", -2, "config.checkpoint_every_steps=-2: must be an integer >= 0"),
+    ("keep_checkpoints", 0, "config.keep_checkpoints=0: must be an integer >= 1"),
+    ("optim.lr", float("nan"), "config.optim.lr=nan: must be a finite number >= 0"),
+    ("optim.lr", -1e-3, "config.optim.lr=-0.001: must be a finite number >= 0"),
+    ("optim.warmup_steps", -1, "config.optim.warmup_steps=-1: must be an integer >= 0"),
+    ("optim.weight_decay", -0.1, "config.optim.weight_decay=-0.1: must be a finite number >= 0"),
+    ("optim.grad_clip", float("inf"), "config.optim.grad_clip=inf: must be a finite number >= 0"),
+    ("optim.b2", 1.0, "config.optim.b2=1.0: must be a finite number in [0, 1)"),
+    ("optim.eps", 0.0, "config.optim.eps=0.0: must be a finite number > 0"),
+    ("input.batch_size", 0, "config.input.batch_size=0: must be an integer >= 1"),
+    ("input.num_views", 0, "config.input.num_views=0: must be an integer >= 1"),
+    ("input.max_text_len", 1, "config.input.max_text_len=1: must be an integer >= 2"),
+    ("input.crop_scale", (0.0, 1.0),
+     "config.input.crop_scale=(0.0, 1.0): each entry must be a finite number in (0, 1]"),
+    ("input.crop_scale", (0.9, 0.5),
+     "config.input.crop_scale=(0.9, 0.5) must be two finite numbers, the first smaller"),
+    ("input.background", (0, 0, 256),
+     "config.input.background=(0, 0, 256): each entry must be an integer in [0, 255]"),
+    ("input.image_size", 30, "config.input.image_size=30 is not a multiple of the ViT patch "
+                             "size 8 (config.model.image); use a multiple of 8, e.g. 32."),
+    ("evals.retrieval.batch_size", 0,
+     "config.evals.retrieval.batch_size=0: must be an integer >= 1"),
+])
+def test_numeric_fields_out_of_range(toyshop_tiny, field, value, message):
+  config = tiny_config(toyshop_tiny[0], **{field: value})
+  with pytest.raises(ValueError, match=re.escape(message)):
+    trainer.validate_config(config, parallel.make_mesh({"data": 8}))
+
+
+# --- Stock configs on a manifest dataset. ----------------------------------------------------
+@pytest.fixture(scope="module")
+def manifest_data(tmp_path_factory):
+  """Two manifest datasets in one data_dir: `held_out` (train 24, validation 8) and
+  `train_only` (train 24); no boxes. Returns the data_dir."""
+  from eclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from tests import test_manifest  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("manifest")
+  colors = ["red", "blue", "green", "yellow"]
+  images = [test_manifest._write_image(root / f"{c}.jpg", c, "JPEG") for c in colors]
+  lines = [{"product_id": f"p{i}", "title": f"{colors[i % 4]} mug {i}", "category": "mug",
+            "images": [str(images[i % 4])], "split": "validation" if i >= 24 else "train"}
+           for i in range(32)]
+  data_dir = str(root / "data")
+  for name, kept in (("held_out", lines), ("train_only", lines[:24])):
+    prepare.prepare(f"product_manifest/{name}", data_dir,
+                    manifest=str(test_manifest._write_manifest(root / f"{name}.jsonl", kept)),
+                    vocab_size=1000)
+  return data_dir
+
+
+def test_stock_evaluators_use_the_held_out_split_a_manifest_has(manifest_data, caplog):
+  """clip.py's evaluators ask for validation and test; a manifest with only validation
+  evaluates all of them there (with a warning for each that asked for test)."""
+  config = tiny_config(manifest_data, **{"input.dataset": "product_manifest/held_out"})
+  mesh = parallel.make_mesh({"data": 8})
+  trainer.validate_config(config, mesh)
+  with caplog.at_level(logging.WARNING):
+    evaluators = evals_lib.build_evaluators(
+        config.evals, input_config=config.input, apply_fn=None, mesh=mesh)
+  assert {name: e.data.split for name, e in evaluators.items()} == dict.fromkeys(
+      ["retrieval", "zeroshot", "product_retrieval", "grounding"], "validation")
+  for name in ("product_retrieval", "grounding"):
+    assert (f"config.evals.{name}.split='test' is not a split of product_manifest/held_out; "
+            "evaluating on its 'validation' split instead.") in caplog.text
+
+
+def test_evaluators_without_a_split_are_reported_in_one_message(manifest_data):
+  config = tiny_config(manifest_data, **{"input.dataset": "product_manifest/train_only"})
+  with pytest.raises(ValueError, match=re.escape(
+      "config.evals.grounding.split='test', config.evals.product_retrieval.split='test', "
+      "config.evals.retrieval.split='validation', config.evals.zeroshot.split='validation' are "
+      "not splits of the dataset (product_manifest/train_only has ['train']); pass "
+      "--config.evals.grounding.split=train --config.evals.product_retrieval.split=train "
+      "--config.evals.retrieval.split=train --config.evals.zeroshot.split=train, or "
+      "give the dataset a held-out split (manifest lines with \"split\": \"validation\").")):
+    trainer.validate_config(config, parallel.make_mesh({"data": 8}))
+
+
+def test_a_batch_larger_than_the_train_split_warns(manifest_data, caplog):
+  config = tiny_config(manifest_data, **{"input.dataset": "product_manifest/held_out",
+                                     "input.batch_size": 32})
+  with caplog.at_level(logging.WARNING):
+    trainer.validate_config(config, parallel.make_mesh({"data": 8}))
+  assert ("config.input.batch_size=32 is larger than the 24 examples of "
+          "product_manifest/held_out's 'train' split: every batch holds some of them more "
+          "than once.") in caplog.text
+
+
+@pytest.mark.slow
+def test_the_stock_clip_config_trains_and_evaluates_on_a_manifest(manifest_data, tmp_path):
+  """configs/clip.py unchanged but for the dataset: trains, evaluates all four evaluators on
+  the manifest's validation split (grounding, without boxes, reports its counts only)."""
+  run_binary(tmp_path, manifest_data, "--config.input.dataset=product_manifest/held_out")
+  final = metrics_lib.read_metrics(tmp_path)[-1]
+  assert final["step"] == 10
+  assert final["eval/retrieval/num_examples"] == final["eval/zeroshot/num_examples"] == 8
+  assert final["eval/grounding/num_examples"] == 0
+  assert final["eval/grounding/num_without_box"] == 8
+  assert checkpoint_lib.Checkpointer(tmp_path).all_steps() == [5, 10]
+
+
+# --- The binary's errors: one line, exit 2 for usage errors and 1 for failures. -------------
+def _one_error_line(result, code):
+  lines = (result.stdout + result.stderr).strip().splitlines()
+  assert result.returncode == code, lines[-20:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines[-20:]
+  return lines[0]
+
+
+@pytest.mark.parametrize("flags, code, line", [
+    (["--config.total_steps=abc"], 2,
+     "error: flag --config.total_steps=abc: invalid literal for int() with base 10: 'abc'"),
+    (["--config.total_steps=-5"], 2,
+     "error: config.total_steps=-5: must be an integer >= 1; set --config.total_steps to such "
+     "a value."),
+    (["--config.input.dataset=nosuchset"], 2,
+     "error: input.dataset='nosuchset': there is no dataset 'nosuchset'; use toyshop/<config> "
+     "or product_manifest[/<name>]."),
+    (["--config.input.dataset=toyshop/tinny"], 2,
+     "error: input.dataset='toyshop/tinny': there is no toyshop config 'tinny' (did you mean "
+     "toyshop/tiny?)"),
+    (["--mode=eval"], 1, "error: {workdir} has no checkpoint to evaluate; train first."),
+    (["--mode=export"], 1, "error: {workdir} has no checkpoint to export; train first."),
+])
+def test_binary_errors_are_one_line(toyshop_tiny, tmp_path, flags, code, line):
+  workdir = tmp_path / "run"
+  result = run_binary(workdir, toyshop_tiny[0], *flags, check=False)
+  assert _one_error_line(result, code).startswith(line.format(workdir=workdir))
+  assert not (workdir / checkpoint_lib.CHECKPOINT_DIR).exists()  # eval/export create nothing
+
+
+def test_a_missing_config_file_is_one_line_and_verbosity_shows_the_traceback(tmp_path):
+  run = lambda *flags: subprocess.run(  # noqa: E731
+      [sys.executable, "-m", "eclip_jax.main", f"--workdir={tmp_path}", *flags],
+      capture_output=True, text=True, cwd=REPO, env=plain_cpu_env(), timeout=600)
+  assert _one_error_line(run("--config=configs/nope.py"), 2) == (
+      "error: --config=configs/nope.py: there is no config file configs/nope.py.")
+  verbose = run("--config=configs/clip.py:tiny", "--config.optim.lr=nan", "--verbosity=1")
+  assert verbose.returncode == 2 and "Traceback (most recent call last)" in verbose.stderr
+  assert "\nerror: config.optim.lr=nan: must be a finite number >= 0" in verbose.stderr
+
+
+def test_prepare_errors_are_one_line(tmp_path):
+  command = [sys.executable, "-m", "eclip_jax.data.prepare", "--dataset=toyshop/tinny",
+             f"--data_dir={tmp_path}"]
+  result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                          env=plain_cpu_env(), timeout=600)
+  assert _one_error_line(result, 2).startswith(
+      "error: --dataset='toyshop/tinny': there is no toyshop config 'tinny' (did you mean "
+      "toyshop/tiny?)")

@@ -65,6 +65,76 @@ def test_every_source_mode_decodes_to_rgb(mode, fmt):
   np.testing.assert_allclose(pixels.reshape(-1, 3).mean(axis=0), expected, atol=3)
 
 
+def _encoded_in_mode(mode, fmt="PNG"):
+  """A 4x1 image of `mode` (its pixel values below), encoded losslessly as `fmt`."""
+  row = {
+      "1": [0, 1, 1, 0],
+      "L": [0, 50, 200, 255],
+      "LA": [(100, 255), (100, 0), (100, 128), (0, 64)],
+      "RGBA": [(200, 100, 0, 255), (200, 100, 0, 0), (200, 100, 0, 128), (0, 0, 255, 64)],
+      "CMYK": [(0, 0, 0, 0), (255, 0, 0, 0), (51, 0, 0, 51), (0, 0, 0, 255)],
+  }
+  if mode in ("I;16", "I;16B"):  # a 16-bit gradient: 0, 257 (=1/255), 32896, 65535
+    values = np.array([0, 257, 32896, 65535], ">u2" if mode == "I;16B" else "<u2")
+    image = Image.frombytes(mode, (4, 1), values.tobytes())
+  elif mode == "I":  # 32-bit integers: a 16-bit PNG as older PIL opened it; out of range clipped
+    image = Image.fromarray(np.array([[-5, 257, 32896, 70000]], np.int32), "I")
+  elif mode == "P":  # a palette whose entry 1 is transparent
+    image = Image.new("P", (4, 1))
+    image.putpalette([255, 0, 0, 0, 0, 255, 10, 20, 30] + [0] * 759)
+    image.putdata([0, 1, 2, 1])
+    image.info["transparency"] = 1
+  else:
+    image = Image.new(mode, (4, 1))
+    image.putdata(row[mode])
+  buffer = io.BytesIO()
+  image.save(buffer, format=fmt, **({"transparency": 1} if mode == "P" else {}))
+  return buffer.getvalue()
+
+
+def _over(color, alpha, background=255):
+  """Alpha compositing in float64, rounded: the reference for transparent pixels."""
+  return int(np.floor(color * alpha / 255 + background * (255 - alpha) / 255 + 0.5))
+
+
+# Expected RGB of each pixel on the default white background; CMYK -> RGB is
+# (255 - C)(255 - K)/255; 16-bit values v -> round(v * 255 / 65535).
+_MODE_PIXELS = {
+    "1": [(0, 0, 0), (255, 255, 255), (255, 255, 255), (0, 0, 0)],
+    "L": [(0, 0, 0), (50, 50, 50), (200, 200, 200), (255, 255, 255)],
+    "LA": [(100, 100, 100), (255, 255, 255), (_over(100, 128),) * 3, (_over(0, 64),) * 3],
+    "P": [(255, 0, 0), (255, 255, 255), (10, 20, 30), (255, 255, 255)],
+    "RGBA": [(200, 100, 0), (255, 255, 255), (_over(200, 128), _over(100, 128), _over(0, 128)),
+             (_over(0, 64), _over(0, 64), 255)],
+    "I;16": [(0, 0, 0), (1, 1, 1), (128, 128, 128), (255, 255, 255)],
+    "I;16B": [(0, 0, 0), (1, 1, 1), (128, 128, 128), (255, 255, 255)],
+    "I": [(0, 0, 0), (1, 1, 1), (128, 128, 128), (255, 255, 255)],
+    "CMYK": [(255, 255, 255), (0, 255, 255), (163, 204, 204), (0, 0, 0)],
+}
+
+
+@pytest.mark.parametrize("mode,fmt", [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"),
+                                      ("RGBA", "PNG"), ("I;16", "PNG"), ("I;16B", "TIFF"),
+                                      ("I", "TIFF"), ("CMYK", "TIFF")])
+def test_each_image_mode_decodes_to_exact_rgb(mode, fmt):
+  """16-bit gray scales to 8 bits (not clipped to white), transparency is composited on
+  white (not on black)."""
+  # The whole 4x1 image resized to 4x4: columns kept, the one row repeated (no resampling).
+  pixels, _, _ = transforms.decode_crop_resize(_encoded_in_mode(mode, fmt), 4,
+                                               lambda w, h: (0, 0, w, h))
+  np.testing.assert_array_equal(pixels[0], np.array(_MODE_PIXELS[mode], np.uint8))
+
+
+def test_transparency_is_composited_on_the_configured_background():
+  background = (10, 20, 230)
+  pixels, _, _ = transforms.decode_crop_resize(_encoded_in_mode("RGBA"), 4,
+                                               lambda w, h: (0, 0, w, h), background)
+  expected = [(200, 100, 0), background,
+              tuple(_over(c, 128, b) for c, b in zip((200, 100, 0), background)),
+              tuple(_over(c, 64, b) for c, b in zip((0, 0, 255), background))]
+  np.testing.assert_array_equal(pixels[0], np.array(expected, np.uint8))
+
+
 def test_undecodable_bytes_raise_skip():
   with pytest.raises(transforms.SkipRecord, match="undecodable_image"):
     transforms.decode_crop_resize(b"\xff\xd8 not a jpeg", 32, transforms.center_crop_box)

@@ -4,12 +4,17 @@ manifest.py. Importing this module registers both with TFDS.
 Any toyshop config name of the form `{size}[_{clutter}][_{N}px][_seed{K}]` works, not just
 the registered ones (see `toyshop.spec_from_name`); names are canonicalized, so `tiny` and
 `tiny_cluttered_64px_seed0` are one dataset on disk.
+
+`builder` is how the rest of the code constructs builders: an unknown dataset or config name
+is one sentence with the nearest valid name, not TFDS's list of every registered dataset.
 """
 
 from __future__ import annotations
 
+import difflib
 import multiprocessing
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +23,41 @@ import tensorflow_datasets as tfds
 from eclip_jax.data import manifest  # noqa: F401  (registers product_manifest)
 from eclip_jax.data import schema
 from eclip_jax.data import toyshop
+
+
+# TFDS prefixes what a builder's constructor raised with what it was constructing.
+_CONSTRUCTION_PREFIX = re.compile(
+    r'^Failed to construct dataset "[^"]+", builder_kwargs "\{.*?\}": ', re.S)
+
+
+def builder(dataset: str, field: str = "input.dataset", **kwargs) -> tfds.core.DatasetBuilder:
+  """`tfds.builder(dataset, **kwargs)`, raising one sentence (naming the config or flag
+  `field`) for an unknown dataset or config."""
+  try:
+    return tfds.builder(dataset, **kwargs)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    name = dataset.split("/")[0]
+    known = ["toyshop", "product_manifest", *tfds.list_builders(with_community_datasets=False)]
+    raise ValueError(
+        f"{field}={dataset!r}: there is no dataset {name!r}{_did_you_mean(name, known)}; "
+        "use toyshop/<config> or product_manifest[/<name>].") from error
+  except ValueError as error:
+    message = _CONSTRUCTION_PREFIX.sub("", str(error), count=1)
+    if dataset.startswith("toyshop/") and "BuilderConfig" in message:
+      config = dataset.split("/", 1)[1]
+      known = [c.name for c in Toyshop.BUILDER_CONFIGS]
+      message = (
+          f"there is no toyshop config {config!r}"
+          f"{_did_you_mean(config, known, prefix='toyshop/')}; names are "
+          f"{{size}}[_{{clutter}}][_{{N}}px][_seed{{K}}] with size one of "
+          f"{list(toyshop.SIZE_NUM_LISTINGS)} and clutter one of "
+          f"{list(toyshop.CLUTTER_LEVELS)}.")
+    raise ValueError(f"{field}={dataset!r}: {message.splitlines()[0]}") from error
+
+
+def _did_you_mean(name: str, known: list[str], prefix: str = "") -> str:
+  close = difflib.get_close_matches(name, known, n=1)
+  return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def canonical_toyshop_name(spec: toyshop.ToyshopSpec) -> str:

@@ -14,7 +14,9 @@ One product listing per line (blank lines are ignored), for example:
   product_id    required, unique string.
   title         required, non-empty after stripping whitespace.
   images        required, >= 1 image files (JPEG and PNG are stored byte for byte; any other
-                format PIL reads, e.g. WebP or BMP, is re-encoded as PNG).
+                format PIL reads, e.g. WebP, BMP or TIFF, is re-encoded as PNG, keeping
+                transparency and 16-bit gray; training composites transparent pixels on
+                `input.background`, white by default).
   catalog_id    the catalog product this listing sells; listings sharing it are duplicates
                 of each other. Default: the product_id (a catalog product of its own).
   seller_id     default "".       description   default "".
@@ -42,8 +44,10 @@ the counts are stored in the dataset's metadata.json. Build, then read back:
   tfds.data_source("product_manifest", data_dir=DIR)  # or "product_manifest/<config>"
 
 Any lowercase config name works (`--dataset=product_manifest/myshop`), so one data_dir can
-hold several manifests' datasets. A prepared dataset is reused as is: to rebuild it from an
-edited manifest, prepare with `--overwrite` (which deletes the old build first).
+hold several manifests' datasets. A prepared dataset is reused as is when prepared again
+with the manifest it was built from; another manifest, or the same file edited since (the
+build records its absolute path and SHA-256), is refused with the two ways out: `--overwrite`
+(which deletes the old build first) or a new config name.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -66,13 +71,15 @@ from etils import epath
 from PIL import Image
 
 from eclip_jax.data import schema
+from eclip_jax.data import transforms
 
 # Config and split names: they become directory and file names.
 _NAME = re.compile(r"[a-z0-9_]+")
 _REQUIRED_FIELDS = ("product_id", "title", "images")
 # MPO is how PIL names JPEGs with a second embedded picture: still a plain JPEG to decoders.
 _STORED_AS_IS = ("JPEG", "PNG", "MPO")
-_PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
+# The modes PIL writes as PNG (its writer has no 32-bit "I", nor CMYK).
+_PNG_MODES = ("1", "L", "LA", "I;16", "I;16B", "P", "RGB", "RGBA")
 # metadata.json keeps the first messages; the log has them all.
 _MAX_STORED_MESSAGES = 1000
 
@@ -310,7 +317,9 @@ def _read_image(path: epath.Path) -> bytes:
       if image.format in _STORED_AS_IS:
         return data
       if image.mode not in _PNG_MODES:
-        image = image.convert("RGB")
+        # Transparency is kept for decoding to composite on input.background; anything
+        # else becomes the RGB decoding would make of it.
+        image = image.convert("RGBA") if image.has_transparency_data else transforms.to_rgb(image)
       buffer = io.BytesIO()
       image.save(buffer, format="PNG")
       return buffer.getvalue()
@@ -373,6 +382,17 @@ def _make_record(listing: _Listing, scan: _Scan, base_dir: epath.Path) -> dict[s
 # ---------------------------------------------------------------------------------------
 
 
+def _source(manifest: epath.Path) -> dict[str, str]:
+  """What a build came from: the manifest's absolute path and the SHA-256 of its bytes."""
+  digest = hashlib.sha256()
+  with manifest.open("rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  # epath's resolve() would prefix a gs:// path with the working directory.
+  path = manifest if "://" in str(manifest) else manifest.resolve()
+  return {"path": str(path), "sha256": digest.hexdigest()}
+
+
 @functools.cache  # one object per name: TFDS tells configs apart by identity
 def _named_config(name: str) -> tfds.core.BuilderConfig:
   if not _NAME.fullmatch(name):
@@ -396,6 +416,25 @@ class ProductManifest(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
     if self.is_prepared():  # a reused build reports what it was built with
       self.report = ManifestReport.from_json(self.info.metadata["report"])
+      if self._manifest is not None:
+        self._check_built_from_manifest()
+
+  def _check_built_from_manifest(self) -> None:
+    """Refuses to reuse a build of another manifest, or of this one before it changed."""
+    built_from = self.info.metadata.get("source")
+    if built_from is None:  # built before builds recorded their source
+      return
+    source = _source(self._manifest)
+    if source == built_from:
+      return
+    if source["path"] == built_from["path"]:
+      what = f"{built_from['path']} as it was before it changed"
+    else:
+      what = f"{built_from['path']}, not {source['path']}"
+    raise ValueError(
+        f"{self.data_path} holds product_manifest/{self.builder_config.name} built from "
+        f"{what}; pass --overwrite to rebuild it, or build this manifest under a new name "
+        "with --dataset=product_manifest/<name>.")
 
   @classmethod
   def get_builder_config(cls, name: str, version=None) -> tfds.core.BuilderConfig:
@@ -403,6 +442,11 @@ class ProductManifest(tfds.core.GeneratorBasedBuilder):
 
   def summary(self) -> str:
     return self.report.summary()
+
+  @property
+  def manifest_splits(self) -> list[str]:
+    """The splits the manifest's well-formed lines name (found without reading any file)."""
+    return self._scan.splits
 
   @functools.cached_property
   def _scan(self) -> _Scan:
@@ -436,6 +480,7 @@ class ProductManifest(tfds.core.GeneratorBasedBuilder):
     self.report = ManifestReport(manifest=str(self._manifest))
     super()._download_and_prepare(dl_manager, download_config)
     self.info.metadata["report"] = self.report.to_json()
+    self.info.metadata["source"] = _source(self._manifest)
     logging.info("%s", self.report.summary())
 
   def _split_generators(self, dl_manager) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:

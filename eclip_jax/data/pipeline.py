@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags, logging
 
-from eclip_jax.data import builders  # noqa: F401  (registers the builders)
+from eclip_jax.data import builders  # (importing it registers the builders)
 from eclip_jax.data import text as text_lib
 from eclip_jax.data import tokenizer as tokenizer_lib
 from eclip_jax.data import transforms
@@ -65,6 +65,7 @@ def default_input_config() -> ml_collections.ConfigDict:
       "crop_to_box": False,
       "box_context": 0.25,
       "value_range": (-1.0, 1.0),
+      "background": (255, 255, 255),  # the RGB that transparent image pixels show
       "tokenizer": "",  # .model path; "" = the one `prepare` stored beside the dataset
       "vocab_size": 8000,  # picks that default tokenizer
       "text_normalizer": "basic",
@@ -107,10 +108,7 @@ class FieldsDataSource:
 
 def prepared_builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """The builder of a prepared dataset, or one clear error saying how to build it."""
-  try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-  except Exception as error:  # TFDS raises several types for unknown names/configs
-    raise ValueError(f"input.dataset={dataset!r} is not a known dataset: {error}") from error
+  builder = builders.builder(dataset, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
         f"input.dataset={dataset!r} is not built in input.data_dir={data_dir!r}; build it "
@@ -155,6 +153,7 @@ def make_transform(
       crop_to_box=input_config.crop_to_box,
       box_context=input_config.box_context,
       value_range=tuple(input_config.value_range),
+      background=tuple(input_config.background),
       max_text_len=input_config.max_text_len,
       text_normalizer=input_config.text_normalizer,
       title_cleaning=tuple(input_config.title_cleaning),

@@ -4,8 +4,12 @@ r"""Builds a dataset (TFDS, ArrayRecord) and its tokenizer; idempotent.
   python -m eclip_jax.data.prepare --dataset=product_manifest --manifest=shop.jsonl \
       --data_dir=/tmp/data
 
-A second call with the same arguments reuses the build and the tokenizer. `--show=N` prints
-N records and a per-field summary of the train split afterwards.
+A second call with the same arguments reuses the build and the tokenizer (a manifest that
+changed since is refused: rebuild with `--overwrite`). The tokenizer is trained on
+`--train_split` (default "train", what configs train on: `input.train_split`); a manifest
+without that split is refused before anything is built. `--show=N` prints N records and a
+per-field summary of that split afterwards. Errors end as one `error: ...` line (exit 2
+for a bad request, 1 for other failures; `--verbosity=1` adds the traceback).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from etils import epath
 
-from eclip_jax.data import builders  # noqa: F401  (registers the builders)
+from eclip_jax import cli
+from eclip_jax.data import builders
+from eclip_jax.data import manifest as manifest_lib
 from eclip_jax.data import tokenizer as tokenizer_lib
 
 _DATASET = flags.DEFINE_string("dataset", None, "name[/config], e.g. toyshop/tiny", required=True)
@@ -29,6 +35,8 @@ _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Generation processes (
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "SentencePiece vocabulary size (soft).")
 _TEXT_NORMALIZER = flags.DEFINE_string("text_normalizer", "basic", "Normalizer for tokenizer training.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
+_TRAIN_SPLIT = flags.DEFINE_string(
+    "train_split", "train", "The split the tokenizer is trained on (config.input.train_split).")
 _SHOW = flags.DEFINE_integer("show", 0, "Print this many train records and a field summary.")
 
 
@@ -43,15 +51,31 @@ def make_builder(
   elif name == "product_manifest":
     if manifest is None and not _is_built(dataset, data_dir):
       raise ValueError("--dataset=product_manifest needs --manifest=FILE (a JSONL manifest)")
+    if manifest is not None and not epath.Path(manifest).is_file():
+      raise ValueError(f"--manifest={manifest}: there is no such file.")
     kwargs["manifest"] = manifest
-  return tfds.builder(dataset, **kwargs)
+  return builders.builder(dataset, field="--dataset", **kwargs)
 
 
 def _is_built(dataset: str, data_dir: str) -> bool:
-  try:
-    return tfds.builder(dataset, data_dir=data_dir).is_prepared()
-  except Exception:  # pylint: disable=broad-except
-    return False
+  return builders.builder(dataset, field="--dataset", data_dir=data_dir).is_prepared()
+
+
+def check_train_split(builder: tfds.core.DatasetBuilder, train_split: str) -> None:
+  """Raises unless the dataset (built, or a manifest about to be) has `train_split`, which
+  the tokenizer and training read."""
+  if builder.is_prepared():
+    splits, source = sorted(builder.info.splits), builder.info.full_name
+  elif isinstance(builder, manifest_lib.ProductManifest):
+    splits, source = builder.manifest_splits, builder.report.manifest
+  else:
+    return  # a builder's own fixed splits
+  if train_split not in splits:
+    raise ValueError(
+        f"{source} has no {train_split!r} split (its splits: {splits}), which the tokenizer "
+        f"is trained on and training reads; name the training lines' split {train_split!r}, "
+        "or pass --train_split=<split> here and --config.input.train_split=<split> to "
+        "training.")
 
 
 def tokenizer_texts(data_source: Any) -> Iterator[str]:
@@ -73,6 +97,7 @@ def prepare(
     vocab_size: int = 8000,
     text_normalizer: str = "basic",
     overwrite: bool = False,
+    train_split: str = "train",
 ) -> tuple[tfds.core.DatasetBuilder, epath.Path]:
   """Builds the dataset and its tokenizer unless present; returns (builder, tokenizer path)."""
   if overwrite and _is_built(dataset, data_dir):
@@ -82,11 +107,13 @@ def prepare(
     logging.info("--overwrite: deleting %s", old_build)
     old_build.rmtree()
   builder = make_builder(dataset, data_dir, manifest=manifest, num_workers=num_workers)
+  check_train_split(builder, train_split)
   builder.download_and_prepare()  # reuses an existing build
+  check_train_split(builder, train_split)  # a split whose every line was skipped is left out
 
   tokenizer_path = tokenizer_lib.default_tokenizer_path(builder.data_dir, vocab_size)
   if not tokenizer_path.exists():
-    train_source = builder.as_data_source(split="train")
+    train_source = builder.as_data_source(split=train_split)
     tokenizer_lib.train_tokenizer(
         tokenizer_texts(train_source),
         tokenizer_path,
@@ -102,9 +129,10 @@ def field_summary(data_source: Any, max_records: int = 1000) -> dict[str, str]:
   count = min(len(data_source), max_records)
   for index in range(count):
     for field, value in _flatten(data_source[index]).items():
+      sized = isinstance(value, (bytes, str, list)) or np.ndim(value) > 0
       size = len(value) if isinstance(value, (bytes, str, list)) else np.size(value)
       sizes[field].append(size)
-      present[field] += bool(size) if not np.isscalar(value) else 1
+      present[field] += bool(size) if sized else 1  # a number or flag is always there
   return {
       field: f"present {present[field]}/{count}, size mean {np.mean(sizes[field]):.1f} "
       f"max {np.max(sizes[field])}"
@@ -122,8 +150,8 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def show(builder: tfds.core.DatasetBuilder, num_records: int) -> None:
-  source = builder.as_data_source(split="train")
+def show(builder: tfds.core.DatasetBuilder, num_records: int, split: str = "train") -> None:
+  source = builder.as_data_source(split=split)
   print(f"{builder.info.full_name}: " + ", ".join(
       f"{split} {info.num_examples}" for split, info in builder.info.splits.items()))
   for index in range(min(num_records, len(source))):
@@ -139,26 +167,30 @@ def show(builder: tfds.core.DatasetBuilder, num_records: int) -> None:
         f"    {len(record['images'])} images, {len(record['video_frames'])} video frames, "
         f"{len(record['audio']['waveform'])} audio samples, restricted={record['restricted']}"
     )
-  print("per-field summary (train):")
+  print(f"per-field summary ({split}):")
   for field, line in field_summary(source).items():
     print(f"  {field:22s} {line}")
 
 
 def main(argv):
-  del argv
-  builder, tokenizer_path = prepare(
-      _DATASET.value,
-      _DATA_DIR.value,
-      manifest=_MANIFEST.value,
-      num_workers=_NUM_WORKERS.value,
-      vocab_size=_VOCAB_SIZE.value,
-      text_normalizer=_TEXT_NORMALIZER.value,
-      overwrite=_OVERWRITE.value,
-  )
-  print(f"dataset: {builder.data_dir}\ntokenizer: {tokenizer_path}")
-  if _SHOW.value:
-    show(builder, _SHOW.value)
+  cli.no_arguments(argv)
+  try:
+    builder, tokenizer_path = prepare(
+        _DATASET.value,
+        _DATA_DIR.value,
+        manifest=_MANIFEST.value,
+        num_workers=_NUM_WORKERS.value,
+        vocab_size=_VOCAB_SIZE.value,
+        text_normalizer=_TEXT_NORMALIZER.value,
+        overwrite=_OVERWRITE.value,
+        train_split=_TRAIN_SPLIT.value,
+    )
+    print(f"dataset: {builder.data_dir}\ntokenizer: {tokenizer_path}")
+    if _SHOW.value:
+      show(builder, _SHOW.value, _TRAIN_SPLIT.value)
+  except Exception as error:  # pylint: disable=broad-except
+    cli.fail(error)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -11,6 +11,11 @@ pixel is decoded, and libjpeg's DCT scaling (PIL `draft`) then decodes at the sm
 1/1, 1/2, 1/4, 1/8 scale that still leaves the crop at least the output size. A 224px crop
 out of a 1000px photo decodes about 16x fewer pixels; results match a full decode to
 within resampling differences.
+
+Every image becomes 8-bit RGB the same way (`to_rgb`): 16-bit images (and 32-bit integer
+ones, read as 16-bit) are scaled from 0..65535, and transparency (RGBA, LA, a palette or
+colour with a transparent entry) is composited on `input.background` (default white: a
+catalog cut-out stays a product on white, not on black).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ SKIP_REASONS = ("empty_title", "no_images", "undecodable_image", "undecodable_vi
 SKIPPED_KEY = "_skipped"  # per-example tally of records skipped before it, [len(SKIP_REASONS)]
 
 PixelBox = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
+WHITE = (255, 255, 255)
+# Modes whose gray levels span 0..65535 (PIL opens 16-bit PNGs and TIFFs as these).
+_WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 class SkipRecord(Exception):
@@ -97,13 +105,31 @@ def crop_within(region: PixelBox, choose_crop: Callable[[int, int], PixelBox]) -
   return (left + inner[0], top + inner[1], left + inner[2], top + inner[3])
 
 
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+  """`image` as 8-bit RGB: wide gray levels scaled by 255/65535 (rounded), transparent
+  pixels composited on `background` (alpha-weighted, rounded)."""
+  if image.mode == "RGB":
+    return image
+  if image.mode in _WIDE_GRAY_MODES:
+    gray = np.clip(np.asarray(image, np.int64), 0, 65535)
+    return Image.fromarray(((gray * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+  if image.has_transparency_data:
+    rgba = image.convert("RGBA")
+    composite = Image.new("RGB", image.size, tuple(background))
+    composite.paste(rgba, mask=rgba.getchannel("A"))
+    return composite
+  return image.convert("RGB")
+
+
 def decode_crop_resize(
-    encoded: bytes, size: int, choose_crop: Callable[[int, int], PixelBox]
+    encoded: bytes, size: int, choose_crop: Callable[[int, int], PixelBox],
+    background: tuple[int, int, int] = WHITE,
 ) -> tuple[np.ndarray, PixelBox, tuple[int, int]]:
   """Decodes `encoded`, crops `choose_crop(w, h)` and resizes to size x size.
 
   Returns (uint8 [size, size, 3], the crop in source pixels, the source (w, h)). Raises
-  SkipRecord("undecodable_image") on bytes PIL cannot decode.
+  SkipRecord("undecodable_image") on bytes PIL cannot decode. Transparent pixels show
+  `background`.
   """
   try:
     image = Image.open(io.BytesIO(encoded))
@@ -117,8 +143,7 @@ def decode_crop_resize(
       if reduction > 1:
         image.draft("RGB", (math.ceil(width / reduction), math.ceil(height / reduction)))
     image.load()  # decodes (at the drafted scale)
-    if image.mode != "RGB":  # convert() would also copy an image that is RGB already
-      image = image.convert("RGB")
+    image = to_rgb(image, background)
   except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
     raise SkipRecord("undecodable_image") from error
   scale_x, scale_y = image.size[0] / width, image.size[1] / height
@@ -229,6 +254,7 @@ class ExampleTransform:
   # `box_context`) before the usual crop, so the model sees the product at full resolution.
   crop_to_box: bool = False
   box_context: float = 0.25
+  background: tuple[int, int, int] = WHITE  # what transparent pixels show
   max_text_len: int = 32
   text_normalizer: str = "basic"
   # e-CLIP's title cleaning and pair filters (text.title_cleaner): the ops applied to titles
@@ -352,7 +378,7 @@ def _images(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
       choose_crop = functools.partial(_crop_in_box, boxes[image_index], transform.box_context,
                                       choose_crop)
     pixels, crop, source_size = decode_crop_resize(
-        encoded[image_index], transform.image_size, choose_crop
+        encoded[image_index], transform.image_size, choose_crop, transform.background
     )
     views.append(to_value_range(pixels[:, ::-1] if flipped else pixels, transform.value_range))
     if len(boxes):
@@ -419,7 +445,8 @@ def _video(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
     chosen = np.linspace(0, len(frames) - 1, num=min(transform.video_frames, len(frames)))
     for slot, frame_index in enumerate(np.round(chosen).astype(int)):
       try:
-        video[slot], _, _ = decode_crop_resize(frames[frame_index], size, lambda w, h: (0, 0, w, h))
+        video[slot], _, _ = decode_crop_resize(frames[frame_index], size,
+                                               lambda w, h: (0, 0, w, h), transform.background)
       except SkipRecord as error:
         raise SkipRecord("undecodable_video") from error
       mask[slot] = True

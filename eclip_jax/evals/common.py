@@ -8,6 +8,10 @@ evaluator is built, before anything compiles.
 
 `SplitEvaluator` is the base of every evaluator: it builds the entry's `EvalSplit` from the
 class's `DEFAULTS` (its fields) and `MODALITIES` (what it decodes).
+
+The held-out splits go by two names: an evaluator asking for `validation` or `test` on a
+dataset that has only the other one (a manifest's splits are its own) evaluates on that
+one, with a warning; `check_splits` reports every evaluator left without a split at once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, ClassVar
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
@@ -38,6 +43,55 @@ MAX_BLOCK_SCORES = 1 << 24
 IMAGE_EMBEDDINGS = ("image_emb", "instance_emb_img")
 # Set by the evaluator from what it compares, so an entry may not override them.
 _EVALUATOR_INPUT_FIELDS = ("modalities", "num_views")
+# Names of held-out splits that stand in for each other, preferred first.
+HELD_OUT_SPLITS = ("validation", "test")
+
+
+def resolve_split(requested: str, splits: Sequence[str]) -> str | None:
+  """The split an evaluator asking for `requested` reads: `requested` if the dataset has it,
+  the dataset's other held-out split if `requested` is one of HELD_OUT_SPLITS, else None."""
+  if requested in splits:
+    return requested
+  if requested in HELD_OUT_SPLITS:
+    return next((split for split in HELD_OUT_SPLITS if split in splits), None)
+  return None
+
+
+def check_splits(evals_config: ml_collections.ConfigDict,
+                 input_config: ml_collections.ConfigDict) -> None:
+  """Raises one ValueError naming every evaluator whose split the dataset lacks (and which
+  has no stand-in), with the override that fixes each."""
+  missing = []
+  for name, entry in evals_config.items():
+    dataset = entry.get("dataset", input_config.dataset)
+    builder = pipeline.prepared_builder(dataset, entry.get("data_dir", input_config.data_dir))
+    requested = entry.get("split", COMMON_DEFAULTS["split"])
+    if resolve_split(requested, list(builder.info.splits)) is None:
+      missing.append((name, requested, dataset, sorted(builder.info.splits)))
+  if missing:
+    raise ValueError(_missing_splits_message(missing))
+
+
+def _missing_splits_message(missing: Sequence[tuple[str, str, str, list[str]]]) -> str:
+  """The error for (evaluator, split, dataset, its splits) tuples: `config.evals.a.split=
+  'test', config.evals.b.split='test' are not splits of the dataset (product_manifest has
+  ['train']); pass --config.evals.a.split=train ...`."""
+  fields = ", ".join(f"config.evals.{name}.split={split!r}" for name, split, _, _ in missing)
+  datasets = "; ".join(sorted({f"{dataset} has {splits}" for _, _, dataset, splits in missing}))
+  fixes = " ".join(f"--config.evals.{name}.split={_suggested_split(splits)}"
+                   for name, _, _, splits in missing)
+  message = (f"{fields} {'is not a split' if len(missing) == 1 else 'are not splits'} of the "
+             f"dataset ({datasets}); pass {fixes}")
+  if all(_suggested_split(splits) == "train" for _, _, _, splits in missing):
+    message += (", or give the dataset a held-out split (manifest lines with "
+                "\"split\": \"validation\")")
+  return message + "."
+
+
+def _suggested_split(splits: Sequence[str]) -> str:
+  """A held-out split the dataset has, else its training split."""
+  held_out = [s for s in HELD_OUT_SPLITS if s in splits] + [s for s in splits if s != "train"]
+  return (held_out or ["train"])[0]
 
 
 class EvalSplit:
@@ -93,14 +147,16 @@ class EvalSplit:
           f"size {num_shards} (mesh data x fsdp); make it a multiple of {num_shards}."
       )
 
-    self.split = self.fields["split"]
+    requested = self.fields["split"]
     self.builder = pipeline.prepared_builder(self.input_config.dataset, self.input_config.data_dir)
     splits = self.builder.info.splits
-    if self.split not in splits:
-      raise ValueError(
-          f"config.evals.{name}.split={self.split!r} is not a split of "
-          f"{self.input_config.dataset}; choose one of {sorted(splits)}."
-      )
+    self.split = resolve_split(requested, list(splits))
+    if self.split is None:
+      raise ValueError(_missing_splits_message(
+          [(name, requested, self.input_config.dataset, sorted(splits))]))
+    if self.split != requested:
+      logging.warning("config.evals.%s.split=%r is not a split of %s; evaluating on its %r "
+                      "split instead.", name, requested, self.input_config.dataset, self.split)
     self.num_records = splits[self.split].num_examples
     if not self.num_records:
       raise ValueError(

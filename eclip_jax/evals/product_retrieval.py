@@ -15,7 +15,9 @@ positives in the gallery and K' = min(K, P),
     r1       fraction of queries whose top-ranked photo is a positive
     chance_r1  the expected r1 of a random ranking (mean of P / (gallery size))
 
-over the queries with at least one positive (`num_queries`; `num_without_positive` others).
+over the queries with at least one positive (`num_queries`; `num_without_positive` others;
+a split without any, e.g. a manifest of one photo per listing and no duplicates, reports
+these counts alone, with a warning).
 Ties between scores (rare with float embeddings) are broken arbitrarily. `num_skipped` counts
 bad records of the split.
 
@@ -30,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from eclip_jax.evals import common
 
@@ -72,8 +75,7 @@ def same_product_metrics(embeddings: np.ndarray, ids: np.ndarray,
   metrics = {"num_queries": int(answerable.sum()),
              "num_without_positive": int((~answerable).sum())}
   if not metrics["num_queries"]:
-    raise ValueError("no photo has another photo of its product in the gallery; "
-                     "product retrieval needs num_views >= 2 or duplicate listings")
+    return metrics  # nothing to rank
   ranks = np.arange(1, hits.shape[1] + 1)
   precision = np.cumsum(hits, axis=1) / ranks
   for k in ks:
@@ -119,4 +121,8 @@ class ProductRetrievalEvaluator(common.SplitEvaluator):
       embeddings = embeddings[new_view]
     metrics = same_product_metrics(common.l2_normalize(embeddings), ids)
     metrics["num_skipped"] = self.data.num_records - len(split[self.id_key])
+    if not metrics["num_queries"]:
+      logging.warning("config.evals.%s: no photo of split %r has another photo of its product "
+                      "to find; product retrieval needs listings with several photos or "
+                      "duplicate listings (a shared catalog_id).", self.data.name, self.data.split)
     return metrics
