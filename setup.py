@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4.3,<1",
     # Run reports (python -m eclip_jax.report) and the notebooks' figures.
     "matplotlib>=3.8,<4",
+    # The downstream suite's metrics (ROC-AUC, NMI, ARI, ...) and k-means.
+    "scikit-learn>=1.4,<2",
 ]
 
 setuptools.setup(

@@ -115,6 +115,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # photo -> photos of the same product, and the patch-title similarity map as grounding.
       "product_retrieval": {"type": "product_retrieval", "split": "test"},
       "grounding": {"type": "grounding", "split": "test", "map_output": "patch_text_sim"},
+      # e-CLIP's five product tasks; `--mode=eval` only (it embeds the train split).
+      "downstream": common.downstream_eval(),
   })
 
   if arg.runlocal:

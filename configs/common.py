@@ -52,6 +52,14 @@ def make_runlocal(config: ml_collections.ConfigDict) -> None:
     config.evals[name].batch_size = 16
 
 
+def downstream_eval(image_output: str = "image_emb") -> dict:
+  """The downstream suite's entry (eclip_jax/evals/downstream.py): the five product tasks,
+  probes trained on the train split and scored on test. It embeds the whole train split, so
+  training leaves it to `--mode=eval` (in_training=False)."""
+  return {"type": "downstream", "split": "test", "train_split": "train",
+          "image_output": image_output}
+
+
 def use_clip_layout(config: ml_collections.ConfigDict, towers: str) -> None:
   """Lays out the towers named in `towers` (`"image"`, `"text"` or `"image+text"`; `""`:
   none) as OpenAI CLIP's, so that `--config.init_from=<CLIP .safetensors>` loads into them

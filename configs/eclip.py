@@ -88,6 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         "num_pictures": 0},
       # The global embedding of the same model, to separate the instance's contribution.
       "product_retrieval_global": {"type": "product_retrieval", "split": "test"},
+      # e-CLIP's five product tasks; `--mode=eval` only (it embeds the train split).
+      "downstream": common.downstream_eval(instance),
   })
 
   if arg.runlocal:

@@ -335,7 +335,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                  config.total_steps)
   evaluators = evals_lib.build_evaluators(
       config.evals, input_config=config.input, apply_fn=setup.apply_fn(), mesh=mesh,
-      workdir=workdir,
+      workdir=workdir, in_training=True,
   )
   writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
 

@@ -251,8 +251,9 @@ def test_a_jitted_sharded_model_scores_as_on_one_device(mesh, tiny_input_config)
   assert 0 < metrics["i2t_r10"] < 1  # a non-trivial case
 
   zeroshot = _build_one(mesh, tiny_input_config, apply_fn, type="zeroshot_classification")
+  prompts = zeroshot.prompts
   prompt_emb = np.asarray(on_one_device(params, {
-      "text_tokens": zeroshot.prompt_tokens, "text_mask": zeroshot.prompt_mask})["text_emb"])
+      "text_tokens": prompts.prompt_tokens, "text_mask": prompts.prompt_mask})["text_emb"])
   class_emb = prompt_emb.reshape(25, len(zeroshot.templates), 16).mean(axis=1)
   class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
   np.testing.assert_allclose(zeroshot.class_embeddings(params), class_emb, atol=1e-5)
@@ -266,15 +267,16 @@ def test_zeroshot_synonyms_average_every_title_word_of_a_class(mesh, tiny_input_
   evaluator = _build_one(mesh, tiny_input_config, apply_fn, type="zeroshot_classification",
                          names="synonyms", templates=("{}", "a {}"))
   synonyms = [info[1] for info in toyshop.CATEGORY_INFO.values()]
-  assert len(evaluator.prompt_tokens) == 2 * sum(len(words) for words in synonyms)
+  assert len(evaluator.prompts.prompt_tokens) == 2 * sum(len(words) for words in synonyms)
   tokenizer = evaluator.data.transform.tokenizer
-  backpack = evaluator.prompt_class == 3
-  assert [tokenizer.decode(t) for t in evaluator.prompt_tokens[backpack]] == [
+  backpack = evaluator.prompts.prompt_class == 3
+  assert [tokenizer.decode(t) for t in evaluator.prompts.prompt_tokens[backpack]] == [
       "backpack", "a backpack", "rucksack", "a rucksack", "school bag", "a school bag"]
+  prompts = evaluator.prompts
   prompt_emb = np.asarray(jax.jit(apply)(params, {
-      "text_tokens": evaluator.prompt_tokens, "text_mask": evaluator.prompt_mask})["text_emb"])
+      "text_tokens": prompts.prompt_tokens, "text_mask": prompts.prompt_mask})["text_emb"])
   prompt_emb = prompt_emb / np.linalg.norm(prompt_emb, axis=-1, keepdims=True)
-  class_emb = np.stack([prompt_emb[evaluator.prompt_class == c].mean(0) for c in range(25)])
+  class_emb = np.stack([prompt_emb[prompts.prompt_class == c].mean(0) for c in range(25)])
   class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
   np.testing.assert_allclose(evaluator.class_embeddings(params), class_emb, atol=1e-5)
 
@@ -288,11 +290,12 @@ def test_zeroshot_classification_oracle_is_perfect(mesh_axes, tiny_input_config)
   num_classes, num_templates = 25, len(classification.DEFAULT_TEMPLATES)
   assert len(evaluator.class_names) == num_classes and evaluator.class_names[7] == "t-shirt"
   tokenizer = evaluator.data.transform.tokenizer
-  assert tokenizer.decode(evaluator.prompt_tokens[0]) == "a photo of a mug."
-  assert tokenizer.decode(evaluator.prompt_tokens[num_templates * 7 + 1]) == "a t-shirt for sale."
+  assert tokenizer.decode(evaluator.prompts.prompt_tokens[0]) == "a photo of a mug."
+  prompt_tokens = evaluator.prompts.prompt_tokens
+  assert tokenizer.decode(prompt_tokens[num_templates * 7 + 1]) == "a t-shirt for sale."
 
   text_classes = {row.tobytes(): index // num_templates
-                  for index, row in enumerate(evaluator.prompt_tokens)}
+                  for index, row in enumerate(evaluator.prompts.prompt_tokens)}
   image_classes = _row_lookup(evaluator.data.input_config, "validation", "image", "category")
   model = OracleModel(mesh, num_classes, image_classes, text_classes)
   evaluator.data.apply_fn = model
@@ -308,7 +311,7 @@ def test_zeroshot_classification_scores_the_most_similar_class(mesh, tiny_input_
   evaluator = _build_one(mesh, tiny_input_config, None, type="zeroshot_classification",
                          templates=("{}", "a {}"))
   text_classes = {row.tobytes(): (index // 2 + 1) % 25
-                  for index, row in enumerate(evaluator.prompt_tokens)}
+                  for index, row in enumerate(evaluator.prompts.prompt_tokens)}
   image_classes = _row_lookup(evaluator.data.input_config, "validation", "image", "category")
   evaluator.data.apply_fn = OracleModel(mesh, 25, image_classes, text_classes)
   metrics = evaluator.run(params={})
@@ -323,7 +326,8 @@ def test_zeroshot_classification_scores_the_most_similar_class(mesh, tiny_input_
 
 @pytest.mark.parametrize("entry, message", [
     ({"type": "bar"}, "config.evals.under_test.type='bar' is unknown; known types: "
-                      "['grounding', 'product_retrieval', 'retrieval', 'zeroshot_classification']"),
+                      "['downstream', 'grounding', 'product_retrieval', 'retrieval', "
+                      "'zeroshot_classification']"),
     ({"type": "retrieval", "batch_size": 12},
      "config.evals.under_test.batch_size=12 is not divisible by the data-parallel size 8"),
     ({"type": "retrieval", "positve": "pair"},

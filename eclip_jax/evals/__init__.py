@@ -8,7 +8,8 @@
 `build_evaluators` turns them into objects whose `run(params)` makes one pass over the
 entry's split and returns flat metrics (`{"i2t_r1": ...}`; the trainer prefixes
 `eval/<name>/`). Each type's module docstring lists its fields and metrics; every entry
-also takes `split` (default "validation") and overrides of `config.input` fields, notably
+also takes `split` (default "validation"), `in_training` (default True: whether training
+runs it every `eval_every_steps`, or only `--mode=eval` does) and overrides of `config.input` fields, notably
 `batch_size` (global, a multiple of the data-parallel size).
 
 The model is reached only through `apply_fn(params, global_batch) -> outputs`, supplied by
@@ -26,6 +27,7 @@ from jax.sharding import Mesh
 
 from eclip_jax.evals import classification
 from eclip_jax.evals import common
+from eclip_jax.evals import downstream
 from eclip_jax.evals import grounding
 from eclip_jax.evals import product_retrieval
 from eclip_jax.evals import retrieval
@@ -42,6 +44,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "zeroshot_classification": classification.ZeroShotClassificationEvaluator,
     "product_retrieval": product_retrieval.ProductRetrievalEvaluator,
     "grounding": grounding.GroundingEvaluator,
+    "downstream": downstream.DownstreamEvaluator,
 }
 
 
@@ -52,9 +55,12 @@ def build_evaluators(
     apply_fn: common.ApplyFn,
     mesh: Mesh,
     workdir: str | epath.Path | None = None,
+    in_training: bool = False,
 ) -> dict[str, Evaluator]:
   """One evaluator per entry of `evals_config`; misconfiguration raises here, before any
-  compilation. Evaluators that draw pictures write them under `workdir` (None: none)."""
+  compilation. Evaluators that draw pictures or write tables put them under `workdir`
+  (None: nowhere). `in_training`: only the entries that run during training (their
+  `in_training` field; the downstream suite's is False)."""
   evaluators = {}
   for name, entry in evals_config.items():
     kind = entry.get("type")
@@ -62,6 +68,9 @@ def build_evaluators(
       raise ValueError(
           f"config.evals.{name}.type={kind!r} is unknown; known types: {sorted(EVALUATORS)}"
       )
+    defaults = {**common.COMMON_DEFAULTS, **EVALUATORS[kind].DEFAULTS}
+    if in_training and not entry.get("in_training", defaults["in_training"]):
+      continue
     evaluators[name] = EVALUATORS[kind](
         name, entry, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
         workdir=None if workdir is None else epath.Path(workdir),

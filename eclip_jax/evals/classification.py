@@ -20,7 +20,7 @@ Metrics: `top1`, `top5`, `chance_top1` (1 / number of classes), `num_examples`,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -31,7 +31,6 @@ from eclip_jax import parallel
 from eclip_jax.data import text as text_lib
 from eclip_jax.data import toyshop
 from eclip_jax.evals import common
-from eclip_jax.evals import retrieval
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {} for sale.", "{}")
 
@@ -66,43 +65,29 @@ def _replicated_rows_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> d
   }
 
 
-class ZeroShotClassificationEvaluator(common.SplitEvaluator):
-  """Top-1/top-5 category accuracy from prompt-ensembled class embeddings."""
+class PromptEnsemble:
+  """Class embeddings from prompts, CLIP's way: each class's names x `templates`, normalized
+  and tokenized as the split's titles are, embedded by the text tower, L2-normalized,
+  averaged per class and renormalized.
 
-  DEFAULTS = {"templates": DEFAULT_TEMPLATES, "names": "display", "image_output": "image_emb"}
-  MODALITIES = ("image",)
-  NAMES = {"display": lambda *label: (class_display_name(*label),), "synonyms": class_synonyms}
+  Attributes: `prompt_tokens`, `prompt_mask` (class-major rows), `prompt_class` (whose
+  prompt each row is). `embed(params)` -> [num_classes, D] unit-length class embeddings.
+  """
 
-  def __init__(self, name: str, entry: Mapping[str, Any], **kwargs):
-    super().__init__(name, entry, **kwargs)
-    mesh = self.data.mesh
-    self.image_output = self.data.image_output()
-    self.templates = tuple(self.data.fields["templates"])
-    if not self.templates or any(t.count("{}") != 1 for t in self.templates):
-      raise ValueError(
-          f"config.evals.{name}.templates={self.templates!r} must be a non-empty tuple of "
-          "format strings with exactly one '{}' (where the class name goes)."
-      )
-    names = self.data.fields["names"]
-    if names not in self.NAMES:
-      raise ValueError(f"config.evals.{name}.names={names!r} is unknown; choose one of "
-                       f"{sorted(self.NAMES)}.")
-    builder = self.data.builder
-    labels = builder.info.features["category"].names
-    self.class_names = tuple(class_display_name(builder.name, label) for label in labels)
-
-    # Prompts are class-major: each class's names x templates, `prompt_class` says whose.
-    normalize = text_lib.get_normalizer(self.data.input_config.text_normalizer)
+  def __init__(self, class_names: Sequence[Sequence[str]], templates: Sequence[str],
+               data: common.EvalSplit):
+    self.data, self.num_classes = data, len(class_names)
+    normalize = text_lib.get_normalizer(data.input_config.text_normalizer)
     prompts, prompt_class = [], []
-    for index, label in enumerate(labels):
-      for class_name in self.NAMES[names](builder.name, label):
-        prompts += [normalize(t.format(class_name)) for t in self.templates]
-        prompt_class += [index] * len(self.templates)
+    for index, names in enumerate(class_names):
+      for class_name in names:
+        prompts += [normalize(t.format(class_name)) for t in templates]
+        prompt_class += [index] * len(templates)
     self.prompt_class = np.asarray(prompt_class)
-    self.prompt_tokens, self.prompt_mask = self.data.transform.tokenizer.encode(
-        prompts, self.data.input_config.max_text_len
+    self.prompt_tokens, self.prompt_mask = data.transform.tokenizer.encode(
+        prompts, data.input_config.max_text_len
     )
-    self._prompt_batches = self._batch_prompts(parallel.data_parallel_size(mesh))
+    self._prompt_batches = self._batch_prompts(parallel.data_parallel_size(data.mesh))
 
   def _batch_prompts(self, num_shards: int) -> list[dict[str, np.ndarray]]:
     """Equal-shaped prompt batches (one compilation) that split evenly over the devices."""
@@ -117,31 +102,78 @@ class ZeroShotClassificationEvaluator(common.SplitEvaluator):
         for i in range(0, len(tokens), batch_size)
     ]
 
-  def class_embeddings(self, params: Any) -> np.ndarray:
-    """[num_classes, D] unit-length prompt-ensembled class embeddings."""
+  def embed(self, params: Any) -> np.ndarray:
     prompt_emb = [
         self.data.apply_fn(params, _replicated_rows_to_global(batch, self.data.mesh))["text_emb"]
         for batch in self._prompt_batches
     ]
     prompt_emb = np.concatenate(parallel.to_host(prompt_emb))[: len(self.prompt_tokens)]
-    class_sum = np.zeros((len(self.class_names), prompt_emb.shape[-1]), np.float64)
+    class_sum = np.zeros((self.num_classes, prompt_emb.shape[-1]), np.float64)
     np.add.at(class_sum, self.prompt_class, common.l2_normalize(prompt_emb))
     return common.l2_normalize(class_sum)
+
+
+def check_templates(name: str, field: str, templates: Sequence[str]) -> tuple[str, ...]:
+  """`templates` as a tuple, or a ValueError naming `config.evals.<name>.<field>`."""
+  templates = tuple(templates)
+  if not templates or any(t.count("{}") != 1 for t in templates):
+    raise ValueError(
+        f"config.evals.{name}.{field}={templates!r} must be a non-empty tuple of format "
+        "strings with exactly one '{}' (where the class name goes)."
+    )
+  return templates
+
+
+def category_prompts(name: str, data: common.EvalSplit, names: str,
+                     templates: Sequence[str]) -> PromptEnsemble:
+  """The prompt ensemble of the split's `category` classes, named by `names` ("display" or
+  "synonyms"; see the module docstring)."""
+  namers = {"display": lambda *label: (class_display_name(*label),), "synonyms": class_synonyms}
+  if names not in namers:
+    raise ValueError(f"config.evals.{name}.names={names!r} is unknown; choose one of "
+                     f"{sorted(namers)}.")
+  builder = data.builder
+  labels = builder.info.features["category"].names
+  return PromptEnsemble([namers[names](builder.name, label) for label in labels],
+                        templates, data)
+
+
+def topk_accuracies(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """`top1`, `top5` of [N, classes] `scores` against integer `labels` (ties count against;
+  NaN scores too)."""
+  true_score = np.take_along_axis(scores, labels[:, None], axis=1)
+  # Classes scored not below the true one, itself excluded ("not below": a NaN counts against).
+  ranks = np.sum(~(scores < true_score), axis=1) - 1
+  return {"top1": float(np.mean(ranks < 1)), "top5": float(np.mean(ranks < 5))}
+
+
+class ZeroShotClassificationEvaluator(common.SplitEvaluator):
+  """Top-1/top-5 category accuracy from prompt-ensembled class embeddings."""
+
+  DEFAULTS = {"templates": DEFAULT_TEMPLATES, "names": "display", "image_output": "image_emb"}
+  MODALITIES = ("image",)
+
+  def __init__(self, name: str, entry: Mapping[str, Any], **kwargs):
+    super().__init__(name, entry, **kwargs)
+    self.image_output = self.data.image_output()
+    self.templates = check_templates(name, "templates", self.data.fields["templates"])
+    self.prompts = category_prompts(name, self.data, self.data.fields["names"], self.templates)
+    self.class_names = tuple(class_display_name(self.data.builder.name, label)
+                             for label in self.data.builder.info.features["category"].names)
+
+  def class_embeddings(self, params: Any) -> np.ndarray:
+    """[num_classes, D] unit-length prompt-ensembled class embeddings."""
+    return self.prompts.embed(params)
 
   def run(self, params: Any) -> dict[str, float | int]:
     class_emb = self.class_embeddings(params)
     split = self.data.run_model(
         params, inputs=("image",), outputs=(self.image_output,), labels=("category",)
     )
-    # Classification is retrieval of the one class embedding that is an image's positive.
-    ranks = retrieval.first_positive_ranks(
-        common.l2_normalize(split[self.image_output]), class_emb, split["category"],
-        np.arange(len(self.class_names)),
-    )
+    scores = common.l2_normalize(split[self.image_output]) @ class_emb.T
     return {
-        "top1": float(np.mean(ranks < 1)),
-        "top5": float(np.mean(ranks < 5)),
+        **topk_accuracies(scores, split["category"]),
         "chance_top1": 1.0 / len(self.class_names),
-        "num_examples": len(ranks),
-        "num_skipped": self.data.num_records - len(ranks),
+        "num_examples": len(split["category"]),
+        "num_skipped": self.data.num_records - len(split["category"]),
     }

@@ -33,7 +33,7 @@ from eclip_jax.data import schema
 
 ApplyFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
-COMMON_DEFAULTS = {"type": None, "split": "validation"}
+COMMON_DEFAULTS = {"type": None, "split": "validation", "in_training": True}
 KS = (1, 5, 10)  # the K of the retrieval metrics (R@K, mAP@K, Prec@K)
 # Score blocks of at most this many query x gallery entries (64 MiB of float32).
 MAX_BLOCK_SCORES = 1 << 24
