@@ -31,19 +31,19 @@ the `image` modality skips every m5product record (`no_images`), `video` and `au
 them as absent (fully masked), and `text` and `table` read them as they are.
 
 Any modality but the title may be missing, and the release misses many: an absent feature
-file is stored as the schema's empty value and counted in `report.absent` per modality
-(`image`, `video`, `audio`; `table` for an item without `pv`), without a warning per
-item. What is wrong, rather than missing, is logged as a warning, counted per reason and
-stored in the dataset's metadata.json (`report`):
+file is stored as the schema's empty value and counted (once per item) in `report.absent`
+per modality (`image`, `video`, `audio`; `table` for an item without `pv`), without a
+warning per item. What is wrong, rather than missing, is logged as a warning, counted per
+reason and stored in the dataset's metadata.json (`report`):
 
-  skipped (the item has no record; once per item id)
+  skipped (an entry or a split line that gives no record)
     bad_entry           the entry of items.json is not an object, or its title, label or
                         catalog_id has the wrong type
     missing_title       no title, or a blank one
     not_in_table        a split file names an id items.json does not have
     duplicate_in_split  a split file names an id a second time (the first one is kept)
     in_no_split         a usable entry no split file names (counted, not warned about)
-  dropped (part of a written record is left empty; once per item)
+  dropped (part of a written record is left empty; once per item, in however many splits)
     bad_pv                      `pv` is not a string: no attributes
     malformed_pv_pair           one pair without exactly one `#:#`, or with an empty side
     unreadable_{file}           not a .npy file numpy reads without pickle
