@@ -324,8 +324,8 @@ def _one_error_line(result, code):
      "error: config.total_steps=-5: must be an integer >= 1; set --config.total_steps to such "
      "a value."),
     (["--config.input.dataset=nosuchset"], 2,
-     "error: input.dataset='nosuchset': there is no dataset 'nosuchset'; use toyshop/<config> "
-     "or product_manifest[/<name>]."),
+     "error: input.dataset='nosuchset': there is no dataset 'nosuchset'; use toyshop/<config>, "
+     "product_manifest[/<name>] or m5product[/<name>]."),
     (["--config.input.dataset=toyshop/tinny"], 2,
      "error: input.dataset='toyshop/tinny': there is no toyshop config 'tinny' (did you mean "
      "toyshop/tiny?)"),

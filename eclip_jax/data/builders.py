@@ -1,5 +1,6 @@
 """TFDS builders writing ArrayRecord: `toyshop` (synthetic) here, `product_manifest` in
-manifest.py. Importing this module registers both with TFDS.
+manifest.py, `m5product` in m5product.py. Importing this module registers all three with
+TFDS.
 
 Any toyshop config name of the form `{size}[_{clutter}][_{N}px][_seed{K}]` works, not just
 the registered ones (see `toyshop.spec_from_name`); names are canonicalized, so `tiny` and
@@ -20,6 +21,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from eclip_jax.data import m5product  # noqa: F401  (registers m5product)
 from eclip_jax.data import manifest  # noqa: F401  (registers product_manifest)
 from eclip_jax.data import schema
 from eclip_jax.data import toyshop
@@ -37,10 +39,11 @@ def builder(dataset: str, field: str = "input.dataset", **kwargs) -> tfds.core.D
     return tfds.builder(dataset, **kwargs)
   except tfds.core.registered.DatasetNotFoundError as error:
     name = dataset.split("/")[0]
-    known = ["toyshop", "product_manifest", *tfds.list_builders(with_community_datasets=False)]
+    known = ["toyshop", "product_manifest", "m5product",
+             *tfds.list_builders(with_community_datasets=False)]
     raise ValueError(
         f"{field}={dataset!r}: there is no dataset {name!r}{_did_you_mean(name, known)}; "
-        "use toyshop/<config> or product_manifest[/<name>].") from error
+        "use toyshop/<config>, product_manifest[/<name>] or m5product[/<name>].") from error
   except ValueError as error:
     message = _CONSTRUCTION_PREFIX.sub("", str(error), count=1)
     if dataset.startswith("toyshop/") and "BuilderConfig" in message:

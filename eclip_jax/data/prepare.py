@@ -3,11 +3,14 @@ r"""Builds a dataset (TFDS, ArrayRecord) and its tokenizer; idempotent.
   python -m eclip_jax.data.prepare --dataset=toyshop/tiny --data_dir=/tmp/data
   python -m eclip_jax.data.prepare --dataset=product_manifest --manifest=shop.jsonl \
       --data_dir=/tmp/data
+  python -m eclip_jax.data.prepare --dataset=m5product --m5product_dir=/data/m5product \
+      --train_split=pretrain --data_dir=/tmp/data
 
 A second call with the same arguments reuses the build and the tokenizer (a manifest that
-changed since is refused: rebuild with `--overwrite`). The tokenizer is trained on
-`--train_split` (default "train", what configs train on: `input.train_split`); a manifest
-without that split is refused before anything is built. `--show=N` prints N records and a
+changed since, or a changed M5Product release, is refused: rebuild with `--overwrite`).
+The tokenizer is trained on `--train_split` (default "train", what configs train on:
+`input.train_split`; M5Product's is "pretrain"); a manifest or release without that split
+is refused before anything is built. `--show=N` prints N records and a
 per-field summary of that split afterwards. Errors end as one `error: ...` line (exit 2
 for a bad request, 1 for other failures; `--verbosity=1` adds the traceback).
 """
@@ -25,12 +28,15 @@ from etils import epath
 
 from eclip_jax import cli
 from eclip_jax.data import builders
+from eclip_jax.data import m5product as m5product_lib
 from eclip_jax.data import manifest as manifest_lib
 from eclip_jax.data import tokenizer as tokenizer_lib
 
 _DATASET = flags.DEFINE_string("dataset", None, "name[/config], e.g. toyshop/tiny", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where TFDS datasets live.", required=True)
 _MANIFEST = flags.DEFINE_string("manifest", None, "JSONL manifest (product_manifest only).")
+_M5PRODUCT_DIR = flags.DEFINE_string(
+    "m5product_dir", None, "The M5Product release directory (m5product only).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Generation processes (default: all cores).")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8000, "SentencePiece vocabulary size (soft).")
 _TEXT_NORMALIZER = flags.DEFINE_string("text_normalizer", "basic", "Normalizer for tokenizer training.")
@@ -41,7 +47,12 @@ _SHOW = flags.DEFINE_integer("show", 0, "Print this many train records and a fie
 
 
 def make_builder(
-    dataset: str, data_dir: str, *, manifest: str | None = None, num_workers: int | None = None
+    dataset: str,
+    data_dir: str,
+    *,
+    manifest: str | None = None,
+    m5product_dir: str | None = None,
+    num_workers: int | None = None,
 ) -> tfds.core.DatasetBuilder:
   """The builder for `dataset` ("name[/config]") set up to write ArrayRecord in data_dir."""
   name = dataset.split("/")[0]
@@ -54,6 +65,12 @@ def make_builder(
     if manifest is not None and not epath.Path(manifest).is_file():
       raise ValueError(f"--manifest={manifest}: there is no such file.")
     kwargs["manifest"] = manifest
+  elif name == "m5product":
+    if m5product_dir is None and not _is_built(dataset, data_dir):
+      raise ValueError("--dataset=m5product needs --m5product_dir=DIR (the release directory)")
+    if m5product_dir is not None and not epath.Path(m5product_dir).is_dir():
+      raise ValueError(f"--m5product_dir={m5product_dir}: there is no such directory.")
+    kwargs["m5product_dir"] = m5product_dir
   return builders.builder(dataset, field="--dataset", **kwargs)
 
 
@@ -68,14 +85,18 @@ def check_train_split(builder: tfds.core.DatasetBuilder, train_split: str) -> No
     splits, source = sorted(builder.info.splits), builder.info.full_name
   elif isinstance(builder, manifest_lib.ProductManifest):
     splits, source = builder.manifest_splits, builder.report.manifest
+  elif isinstance(builder, m5product_lib.M5Product):
+    splits, source = builder.release_splits, builder.report.source
   else:
     return  # a builder's own fixed splits
   if train_split not in splits:
+    # A manifest's splits are the user's to name; a release's are fixed.
+    rename = (f"name the training lines' split {train_split!r}, or "
+              if builder.name == "product_manifest" else "")
     raise ValueError(
         f"{source} has no {train_split!r} split (its splits: {splits}), which the tokenizer "
-        f"is trained on and training reads; name the training lines' split {train_split!r}, "
-        "or pass --train_split=<split> here and --config.input.train_split=<split> to "
-        "training.")
+        f"is trained on and training reads; {rename}pass --train_split=<split> here and "
+        "--config.input.train_split=<split> to training.")
 
 
 def tokenizer_texts(data_source: Any) -> Iterator[str]:
@@ -93,6 +114,7 @@ def prepare(
     data_dir: str,
     *,
     manifest: str | None = None,
+    m5product_dir: str | None = None,
     num_workers: int | None = None,
     vocab_size: int = 8000,
     text_normalizer: str = "basic",
@@ -106,7 +128,8 @@ def prepare(
     old_build = tfds.builder(dataset, data_dir=data_dir).data_path
     logging.info("--overwrite: deleting %s", old_build)
     old_build.rmtree()
-  builder = make_builder(dataset, data_dir, manifest=manifest, num_workers=num_workers)
+  builder = make_builder(dataset, data_dir, manifest=manifest, m5product_dir=m5product_dir,
+                         num_workers=num_workers)
   check_train_split(builder, train_split)
   builder.download_and_prepare()  # reuses an existing build
   check_train_split(builder, train_split)  # a split whose every line was skipped is left out
@@ -165,7 +188,9 @@ def show(builder: tfds.core.DatasetBuilder, num_records: int, split: str = "trai
         f"[{record['category_name'].decode()}] {record['title'].decode()!r}\n"
         f"    attributes: {attributes}\n"
         f"    {len(record['images'])} images, {len(record['video_frames'])} video frames, "
-        f"{len(record['audio']['waveform'])} audio samples, restricted={record['restricted']}"
+        f"{len(record['audio']['waveform'])} audio samples, restricted={record['restricted']}\n"
+        f"    features: {len(record['region_feats'])} regions, {len(record['frame_feats'])} "
+        f"video seconds, {record['mel'].shape[1]} mel frames"
     )
   print(f"per-field summary ({split}):")
   for field, line in field_summary(source).items():
@@ -179,6 +204,7 @@ def main(argv):
         _DATASET.value,
         _DATA_DIR.value,
         manifest=_MANIFEST.value,
+        m5product_dir=_M5PRODUCT_DIR.value,
         num_workers=_NUM_WORKERS.value,
         vocab_size=_VOCAB_SIZE.value,
         text_normalizer=_TEXT_NORMALIZER.value,
