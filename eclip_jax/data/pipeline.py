@@ -14,6 +14,9 @@ schedule (`BatchSchedule`) forms one iterator per stage, each starting at the st
 where the stages before it stopped, so the example stream is the same whatever the batch
 sizes. `example_spec` describes an example's keys, shapes and dtypes without reading data.
 
+SCALE's masked-modeling masks (`input.masking`) are drawn by the transform from the same
+per-element seed, so they too are the same after a resume.
+
 Evaluation (`make_eval_iterator`) walks a split once, in order: every example exactly once
 over all processes, padded to full, equally many batches per process, with `_valid` false
 on padding rows and on records that had to be skipped.
