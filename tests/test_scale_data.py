@@ -66,6 +66,10 @@ def _transform(tokenizer, **kwargs):
 # ---------------------------------------------------------------------------------------
 
 
+def _slaney_mel(hz):
+  return 3 * hz / 200 if hz < 1000 else 15 + 27 * np.log(hz / 1000) / np.log(6.4)
+
+
 def _reference_log_mel(waveform, sample_rate):
   """float64, written out: frames by hand, a DFT as a matrix, Slaney triangles per bin."""
   window, hop, bins = int(0.025 * sample_rate), int(0.010 * sample_rate), 80
@@ -75,13 +79,10 @@ def _reference_log_mel(waveform, sample_rate):
   k = np.arange(window // 2 + 1)
   dft = np.exp(-2j * np.pi * np.outer(k, n) / window)
 
-  def to_mel(f):
-    return 3 * f / 200 if f < 1000 else 15 + 27 * np.log(f / 1000) / np.log(6.4)
+  def to_hz(mel):
+    return 200 * mel / 3 if mel < 15 else 1000 * 6.4 ** ((mel - 15) / 27)
 
-  def to_hz(m):
-    return 200 * m / 3 if m < 15 else 1000 * 6.4 ** ((m - 15) / 27)
-
-  top = to_mel(sample_rate / 2)
+  top = _slaney_mel(sample_rate / 2)
   edges = [to_hz(top * i / (bins + 1)) for i in range(bins + 2)]
   filters = np.zeros((bins, len(k)))
   for b in range(bins):
@@ -113,9 +114,8 @@ def test_a_sine_lands_in_the_mel_bin_around_its_frequency(frequency):
   mel = transforms.log_mel_spectrogram(0.5 * np.sin(2 * np.pi * frequency * time), 16_000)
   energy = np.exp(mel[5:-5]).mean(axis=0)  # frames away from the zero-padded ends
   # Slaney mel: linear below 1 kHz, log above; 82 edges equally spaced up to 8 kHz.
-  to_mel = lambda f: 3 * f / 200 if f < 1000 else 15 + 27 * np.log(f / 1000) / np.log(6.4)  # noqa: E731
-  centers = np.linspace(0, to_mel(8000), 82)[1:-1]
-  nearest = int(np.argmin(np.abs(centers - to_mel(frequency))))
+  centers = np.linspace(0, _slaney_mel(8000), 82)[1:-1]
+  nearest = int(np.argmin(np.abs(centers - _slaney_mel(frequency))))
   assert abs(int(np.argmax(energy)) - nearest) <= 1  # below 1 kHz a bin is ~1 FFT bin wide
   assert energy[max(0, nearest - 2) : nearest + 3].sum() > 0.95 * energy.sum()
 
@@ -277,7 +277,8 @@ def test_mlm_masks_15_percent_of_the_title_with_80_10_10(masked_examples):
     corrupted = example["text_tokens_masked"]
     chosen = targets >= 0
     content += (example["text_mask"] & (tokens > tokenizer_lib.EOS_ID)).sum()
-    assert (targets[chosen] == tokens[chosen]).all() and (corrupted[~chosen] == tokens[~chosen]).all()
+    assert (targets[chosen] == tokens[chosen]).all()
+    assert (corrupted[~chosen] == tokens[~chosen]).all()
     assert (tokens[chosen] > tokenizer_lib.EOS_ID).all()  # never BOS, EOS or padding
     masked += chosen.sum()
     to_mask += (corrupted[chosen] == tokenizer_lib.MASK_ID).sum()
@@ -291,8 +292,11 @@ def test_mlm_masks_15_percent_of_the_title_with_80_10_10(masked_examples):
   assert abs(to_random / masked - 0.1) < 0.025 and abs(kept / masked - 0.1) < 0.025
 
 
-def test_table_masking_takes_whole_entities_up_to_15_percent(masked_examples):
-  _, _, examples = masked_examples
+def test_table_masking_takes_whole_entities_up_to_15_percent(masked_examples, tokenizer):
+  _, records, examples = masked_examples
+  plain = _transform(tokenizer, modalities=("table",))
+  for record, example in zip(records[:300], examples):  # the table's tokens are unchanged
+    np.testing.assert_array_equal(plain(record)["table_tokens"], example["table_tokens"])
   entity_tokens = masked = 0
   actions = {"mask": 0, "other": 0}
   for example in examples:
