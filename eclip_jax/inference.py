@@ -259,11 +259,14 @@ class Model:
 def _inference_config(config_dict: dict[str, Any], data_dir: str | None
                       ) -> ml_collections.ConfigDict:
   """The run's config, laid out over the devices present (data parallel) and with the
-  `inference` fields a run from before they existed lacks."""
+  `inference` and `input` fields a run from before they existed lacks (their defaults are
+  what it ran with)."""
   config = ml_collections.ConfigDict(config_dict)
   defaults = config_base.base_config().inference
   config.inference = ml_collections.ConfigDict({**defaults.to_dict(),
                                                 **config.get("inference", {})})
+  config.input = ml_collections.ConfigDict({**pipeline.default_input_config().to_dict(),
+                                            **config.input.to_dict()})
   config.mesh = parallel.default_mesh_config()
   if data_dir is not None:
     config.input.data_dir = data_dir

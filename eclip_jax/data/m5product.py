@@ -26,9 +26,10 @@ feature files (stored as float16, boxes as float32). `catalog_id` is the entry's
 items.json, `catalog_index` its catalog_id's among the sorted catalog ids.
 
 The release has no pixels, frames or waveforms: `images`, `video_frames` and the waveform
-are always empty. The input pipeline's modalities read those, not the features, so today
-the `image` modality skips every m5product record (`no_images`), `video` and `audio` see
-them as absent (fully masked), and `text` and `table` read them as they are.
+are always empty. The input pipeline's `regions`, `video_feats` and `audio_mel` modalities
+read the features (transforms.py); its pixel modalities see nothing here (`image` skips
+every m5product record as `no_images`, `video` and `audio` see them as absent, fully
+masked), and `text` and `table` read them as they are.
 
 Any modality but the title may be missing, and the release misses many: an absent feature
 file is stored as the schema's empty value and counted (once per item) in `report.absent`

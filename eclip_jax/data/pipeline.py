@@ -14,6 +14,9 @@ schedule (`BatchSchedule`) forms one iterator per stage, each starting at the st
 where the stages before it stopped, so the example stream is the same whatever the batch
 sizes. `example_spec` describes an example's keys, shapes and dtypes without reading data.
 
+SCALE's masked-modeling masks (`input.masking`) are drawn by the transform from the same
+per-element seed, so they too are the same after a resume.
+
 Evaluation (`make_eval_iterator`) walks a split once, in order: every example exactly once
 over all processes, padded to full, equally many batches per process, with `_valid` false
 on padding rows and on records that had to be skipped.
@@ -83,6 +86,23 @@ def default_input_config() -> ml_collections.ConfigDict:
       "video_size": 32,
       "audio_samples": 8000,
       "audio_sample_rate": 16_000,
+      # SCALE's modalities (transforms.py): `audio_mel` = log-mel frames of the waveform at
+      # audio_sample_rate (25 ms Hann window, 10 ms hop, 80 Slaney mel bins, log(power +
+      # 1e-6)), or the record's pre-extracted mel matrix when it has no waveform, cropped
+      # (randomly in training) or zero-padded to this many frames (751: M5Product's 7.5 s).
+      "audio_mel_frames": 751,
+      "max_regions": 36,  # `regions`: pre-extracted region features + boxes kept per example
+      "video_feat_frames": 12,  # `video_feats`: frame features, sampled uniformly if more
+      # `table` adds `table_entity` (per token, the index of its key (2i) or value (2i + 1),
+      # -1 on separators and padding) and `table_is_value`; masking turns it on.
+      "table_entities": False,
+      # Masked modeling (SCALE): in training, input.mask_prob of the title's tokens (80/10/10
+      # [MASK]/random/kept), of the table's tokens (whole keys or values), and of the present
+      # regions, frame features and mel frames are chosen, seeded per example; evaluation
+      # masks nothing. Adds text_tokens_masked, text_mlm_targets, table_tokens_masked,
+      # table_mlm_targets, region_mlm_mask, frame_mlm_mask, audio_mel_mlm_mask.
+      "masking": False,
+      "mask_prob": 0.15,
   })
 
 
@@ -165,6 +185,12 @@ def make_transform(
       video_size=input_config.video_size,
       audio_samples=input_config.audio_samples,
       audio_sample_rate=input_config.audio_sample_rate,
+      audio_mel_frames=input_config.audio_mel_frames,
+      max_regions=input_config.max_regions,
+      video_feat_frames=input_config.video_feat_frames,
+      table_entities=input_config.table_entities,
+      masking=input_config.masking,
+      mask_prob=input_config.mask_prob,
   )
 
 

@@ -26,6 +26,10 @@ from etils import epath
 from eclip_jax.data import text as text_lib
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# Masked language modeling's [MASK] token: byte fallback never emits UNK, so its id (and the
+# text tower's embedding row for it) is free, and no tokenizer has to be retrained for it.
+MASK_ID = UNK_ID
+NUM_SPECIAL_IDS = 4  # ids below this are never content pieces
 
 
 def default_tokenizer_path(dataset_dir: str | epath.Path, vocab_size: int) -> epath.Path:
@@ -151,6 +155,23 @@ class Tokenizer:
       ids = [BOS_ID, *pieces[: max_len - 2], EOS_ID]
       tokens[row, : len(ids)] = ids
     return tokens, tokens != PAD_ID
+
+  def encode_with_spans(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """`encode([text], max_len)`'s tokens of one text, with each token's UTF-8 byte span.
+
+    Returns (tokens int32 [max_len], spans int32 [max_len, 2]): the [begin, end) bytes of
+    `text` each piece covers (-1 on BOS, EOS and PAD). A byte-fallback piece other than a
+    character's last, and the leading word marker, cover no byte: begin == end.
+    """
+    if max_len < 2:
+      raise ValueError(f"max_len must leave room for BOS and EOS, got {max_len}")
+    pieces = self._sp.encode(text, return_type="proto").pieces[: max_len - 2]
+    tokens = np.full((max_len,), PAD_ID, np.int32)
+    spans = np.full((max_len, 2), -1, np.int32)
+    tokens[: len(pieces) + 2] = [BOS_ID, *(piece.id for piece in pieces), EOS_ID]
+    if pieces:
+      spans[1 : len(pieces) + 1] = [(piece.begin, piece.end) for piece in pieces]
+    return tokens, spans
 
   def decode(self, tokens: Sequence[int]) -> str:
     return self._sp.decode([int(t) for t in tokens if t not in (PAD_ID, BOS_ID, EOS_ID)])

@@ -16,6 +16,27 @@ Every image becomes 8-bit RGB the same way (`to_rgb`): 16-bit images (and 32-bit
 ones, read as 16-bit) are scaled from 0..65535, and transparency (RGBA, LA, a palette or
 colour with a transparent entry) is composited on `input.background` (default white: a
 catalog cut-out stays a product on white, not on black).
+
+SCALE's inputs (M5Product) are modalities too: `audio_mel` (log-mel frames from the
+waveform, or the record's pre-extracted mel matrix), `regions` (pre-extracted region
+features and boxes), `video_feats` (pre-extracted per-second frame features); the table can
+carry its entity boundaries (`input.table_entities`) for masked entity modeling.
+
+Presence: every modality's example has a mask that is all-false when the record lacks it
+(`text_mask`, `table_mask`, `video_mask`, `audio_mask`, `region_mask`, `frame_mask`,
+`audio_mel_mask`; an example without an image or a title is skipped, never made), so a
+modality is present exactly when `<mask>.any()`: no separate `*_present` key is needed.
+
+Masked modeling (`input.masking=True`): the masks are drawn here, from the example's seeded
+generator, so they are reproducible and a resumed run draws the same ones; evaluation
+(`rng` None) masks nothing but has the same keys. `input.mask_prob` (15%) of the title's
+tokens get BERT's 80/10/10 corruption (`text_tokens_masked`, `text_mlm_targets`: the
+original token where masked, -1 elsewhere); of the table's tokens, whole entities (a key or
+a value) are chosen until that share is reached (`table_tokens_masked`,
+`table_mlm_targets`, 80/10/10 per entity); of the present regions, frames and mel frames,
+`region_mlm_mask`, `frame_mlm_mask`, `audio_mel_mlm_mask` say which to hide (the features
+stay as they are: they are the regression targets; the model replaces the hidden inputs).
+[MASK] is `tokenizer.MASK_ID`; random replacements are uniform over the content pieces.
 """
 
 from __future__ import annotations
@@ -30,6 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from eclip_jax.data import schema
 from eclip_jax.data import text as text_lib
 from eclip_jax.data import tokenizer as tokenizer_lib
 
@@ -269,8 +291,22 @@ class ExampleTransform:
   video_size: int = 32
   audio_samples: int = 8000
   audio_sample_rate: int = 16_000
+  # SCALE (module docstring): log-mel frames per example (751: M5Product's 7.5 s matrices),
+  # region features kept (the release has 36), frame features kept (<= 12 per second).
+  audio_mel_frames: int = 751
+  max_regions: int = 36
+  video_feat_frames: int = 12
+  table_entities: bool = False  # add table_entity / table_is_value (masking implies it)
+  masking: bool = False  # draw masked-modeling masks in training
+  mask_prob: float = 0.15
 
   def __post_init__(self):
+    for field in ("audio_mel_frames", "max_regions", "video_feat_frames"):
+      if not getattr(self, field) >= 1:
+        raise ValueError(f"input.{field}={getattr(self, field)!r} must be at least 1; raise it.")
+    if not 0 < self.mask_prob <= 1:
+      raise ValueError(f"input.mask_prob={self.mask_prob!r} must be in (0, 1] (0.15 is BERT's "
+                       "and SCALE's); set it to such a share.")
     unknown = set(self.modalities) - set(MODALITIES)
     if unknown:
       raise ValueError(f"input.modalities has unknown {sorted(unknown)}; known: "
@@ -340,7 +376,6 @@ class ExampleTransform:
 
 
 def _text(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
-  del rng
   title = transform.clean_title(_to_str(record["title"]))
   if text_lib.text_fraction(title) < transform.min_title_text_fraction:
     raise SkipRecord("non_text_title")
@@ -350,12 +385,22 @@ def _text(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
   tokens, mask = transform.tokenizer.encode([title], transform.max_text_len)
   if mask[0].sum() - 2 < transform.min_title_tokens:  # BOS and EOS are not the title's
     raise SkipRecord("short_title")
-  return {"text_tokens": tokens[0], "text_mask": mask[0]}
+  example = {"text_tokens": tokens[0], "text_mask": mask[0]}
+  if transform.masking:
+    tokens = tokens[0]
+    content = mask[0] & (tokens != tokenizer_lib.BOS_ID) & (tokens != tokenizer_lib.EOS_ID)
+    units = np.where(content, np.arange(len(tokens)), -1)  # every piece is a unit of its own
+    example["text_tokens_masked"], example["text_mlm_targets"] = _corrupt(
+        transform, tokens, units, rng)
+  return example
 
 
 def _text_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
   length = (transform.max_text_len,)
-  return _spec(text_tokens=(length, np.int32), text_mask=(length, np.bool_))
+  spec = _spec(text_tokens=(length, np.int32), text_mask=(length, np.bool_))
+  if transform.masking:
+    spec.update(_spec(text_tokens_masked=(length, np.int32), text_mlm_targets=(length, np.int32)))
+  return spec
 
 
 def _images(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
@@ -420,19 +465,67 @@ def _view_indices(num_views: int, num_images: int, rng) -> list[int]:
 
 
 def _table(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
-  del rng
   attributes = record["attributes"]
-  entries = [
-      f"{_to_str(k)}: {_to_str(v)}" for k, v in zip(attributes["key"], attributes["value"])
-  ]
-  tokens, mask = transform.encode_text(" ; ".join(entries), transform.max_table_len)
-  # An empty table is an absent modality, not a table of BOS/EOS.
-  return {"table_tokens": tokens, "table_mask": mask & bool(entries)}
+  pairs = [(_to_str(k), _to_str(v)) for k, v in zip(attributes["key"], attributes["value"])]
+  serialized = " ; ".join(f"{k}: {v}" for k, v in pairs)
+  if not _table_has_entities(transform):
+    tokens, mask = transform.encode_text(serialized, transform.max_table_len)
+    # An empty table is an absent modality, not a table of BOS/EOS.
+    return {"table_tokens": tokens, "table_mask": mask & bool(pairs)}
+  # The same tokens as above (one serialized text), with where each piece came from.
+  text = transform.normalize(serialized)
+  tokens, spans = transform.tokenizer.encode_with_spans(text, transform.max_table_len)
+  entities = [transform.normalize(part) for pair in pairs for part in pair]
+  entity = table_token_entities(text, entities, spans)
+  example = {"table_tokens": tokens, "table_mask": (tokens != tokenizer_lib.PAD_ID) & bool(pairs),
+             "table_entity": entity, "table_is_value": (entity >= 0) & (entity % 2 == 1)}
+  if transform.masking:
+    example["table_tokens_masked"], example["table_mlm_targets"] = _corrupt(
+        transform, tokens, entity, rng)
+  return example
+
+
+def _table_has_entities(transform: ExampleTransform) -> bool:
+  return transform.table_entities or transform.masking  # masked entity modeling needs them
+
+
+def table_token_entities(text: str, entities: Sequence[str], spans: np.ndarray) -> np.ndarray:
+  """Per token, the index of the entity of the serialized table `text` it belongs to.
+
+  `entities` are the table's keys and values, each normalized on its own, in order (key i
+  at 2i, value i at 2i + 1); `spans` the tokens' UTF-8 byte spans (`encode_with_spans`).
+  Each entity is found in `text` after the one before it; an empty one, or one the
+  normalizer changed in context, is not found and owns no token. A token takes the entity
+  of the first byte of its span that has one (" red" is the value "red"; ": " and " ; "
+  are nobody's: -1, like BOS, EOS and padding); a piece that covers no byte (a byte-fallback
+  piece before a character's last, the leading word marker) takes the byte at its start.
+  """
+  char_entity = np.full(len(text), -1, np.int32)
+  cursor = 0
+  for index, entity in enumerate(entities):
+    start = text.find(entity, cursor) if entity else -1
+    if start >= 0:
+      char_entity[start : start + len(entity)] = index
+      cursor = start + len(entity)
+  byte_entity = np.repeat(char_entity, [len(char.encode("utf-8")) for char in text])
+  token_entity = np.full(len(spans), -1, np.int32)
+  for token, (begin, end) in enumerate(spans):
+    if begin >= 0:
+      owners = byte_entity[begin : max(end, begin + 1)]
+      owners = owners[owners >= 0]
+      if len(owners):
+        token_entity[token] = owners[0]
+  return token_entity
 
 
 def _table_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
   length = (transform.max_table_len,)
-  return _spec(table_tokens=(length, np.int32), table_mask=(length, np.bool_))
+  spec = _spec(table_tokens=(length, np.int32), table_mask=(length, np.bool_))
+  if _table_has_entities(transform):
+    spec.update(_spec(table_entity=(length, np.int32), table_is_value=(length, np.bool_)))
+  if transform.masking:
+    spec.update(_spec(table_tokens_masked=(length, np.int32), table_mlm_targets=(length, np.int32)))
+  return spec
 
 
 def _video(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
@@ -459,11 +552,20 @@ def _video_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
 
 
 def _audio(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
-  waveform = np.asarray(record["audio"]["waveform"], np.float32) / 32768.0
-  sample_rate = int(record["audio"]["sample_rate"])
+  waveform = _waveform(transform, record)
   num_samples = transform.audio_samples
   audio = np.zeros((num_samples,), np.float32)
   mask = np.zeros((num_samples,), np.bool_)
+  if len(waveform):
+    clip = _crop(waveform, num_samples, rng)
+    audio[: len(clip)], mask[: len(clip)] = clip, True
+  return {"audio": audio, "audio_mask": mask}
+
+
+def _waveform(transform: ExampleTransform, record) -> np.ndarray:
+  """The record's waveform in [-1, 1) at `input.audio_sample_rate` (empty when absent)."""
+  waveform = np.asarray(record["audio"]["waveform"], np.float32) / 32768.0
+  sample_rate = int(record["audio"]["sample_rate"])
   if len(waveform):
     if sample_rate <= 0:
       raise SkipRecord("bad_audio")
@@ -471,12 +573,16 @@ def _audio(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
       step = sample_rate / transform.audio_sample_rate  # source samples per output sample
       positions = np.arange(max(1, round(len(waveform) / step))) * step
       waveform = np.interp(positions, np.arange(len(waveform)), waveform).astype(np.float32)
-    start = 0
-    if rng is not None and len(waveform) > num_samples:
-      start = int(rng.integers(len(waveform) - num_samples + 1))
-    clip = waveform[start : start + num_samples]
-    audio[: len(clip)], mask[: len(clip)] = clip, True
-  return {"audio": audio, "audio_mask": mask}
+  return waveform
+
+
+def _crop(sequence: np.ndarray, length: int, rng) -> np.ndarray:
+  """At most `length` leading items of `sequence`: a random window of them in training,
+  the first ones in evaluation."""
+  start = 0
+  if rng is not None and len(sequence) > length:
+    start = int(rng.integers(len(sequence) - length + 1))
+  return sequence[start : start + length]
 
 
 def _audio_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
@@ -484,11 +590,214 @@ def _audio_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
   return _spec(audio=(samples, np.float32), audio_mask=(samples, np.bool_))
 
 
+# ---------------------------------------------------------------------------------------
+# SCALE's feature modalities: log-mel audio, pre-extracted region and frame features.
+# ---------------------------------------------------------------------------------------
+
+# The log-mel parameters (Whisper's and most speech front ends'): a 25 ms periodic Hann
+# window with an FFT of that size (400 samples at 16 kHz), a 10 ms hop, power spectra
+# through 80 Slaney-scale triangles from 0 Hz to Nyquist, natural log of power + 1e-6.
+MEL_WINDOW_SECONDS = 0.025
+MEL_HOP_SECONDS = 0.010
+MEL_FLOOR = 1e-6  # silence is log(1e-6) = -13.8, finite
+
+
+def hz_to_mel(hz):
+  """Slaney's mel scale (librosa's default): 3 mels per 200 Hz below 1 kHz, where pitch
+  perception is about linear; 27 mels per factor 6.4 above, where it is logarithmic."""
+  hz = np.asarray(hz, np.float64)
+  above = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) * (27.0 / np.log(6.4))
+  return np.where(hz < 1000.0, hz * 3.0 / 200.0, above)
+
+
+def mel_to_hz(mel):
+  mel = np.asarray(mel, np.float64)
+  above = 1000.0 * np.exp((np.maximum(mel, 15.0) - 15.0) * (np.log(6.4) / 27.0))
+  return np.where(mel < 15.0, mel * 200.0 / 3.0, above)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(sample_rate: int, fft_size: int, num_bins: int = schema.MEL_BINS
+                   ) -> np.ndarray:
+  """[fft_size // 2 + 1, num_bins] triangular filters (read-only): edges equally spaced in
+  mels from 0 Hz to Nyquist, each triangle scaled by 2 / its width in Hz (Slaney's area
+  normalization, so the wide high-frequency bins do not dominate the spectrum)."""
+  edges = mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2), num_bins + 2))
+  freqs = np.arange(fft_size // 2 + 1) * (sample_rate / fft_size)
+  lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+  rising, falling = (freqs - lower) / (center - lower), (upper - freqs) / (upper - center)
+  weights = (np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (upper - lower))).T
+  weights.setflags(write=False)  # shared by every call (the cache)
+  return weights
+
+
+def log_mel_spectrogram(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+  """float32 [1 + len(waveform) // hop, 80] log-mel frames of a waveform in [-1, 1].
+
+  Frame t is centred on sample t * hop (the waveform is zero-padded by half a window at
+  both ends, librosa's `center=True`), so a clip of S seconds gives 100 S + 1 frames:
+  M5Product's 751-frame matrices are 7.5 s clips.
+  """
+  window = round(MEL_WINDOW_SECONDS * sample_rate)
+  hop = round(MEL_HOP_SECONDS * sample_rate)
+  padded = np.pad(np.asarray(waveform, np.float64), window // 2)
+  num_frames = 1 + len(waveform) // hop
+  frames = np.lib.stride_tricks.sliding_window_view(padded, window)[::hop][:num_frames]
+  hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)  # periodic
+  power = np.abs(np.fft.rfft(frames * hann, axis=-1)) ** 2
+  return np.log(power @ mel_filterbank(sample_rate, window) + MEL_FLOOR).astype(np.float32)
+
+
+def _audio_mel(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
+  """Log-mel frames of the waveform; without one, the record's pre-extracted mel matrix
+  (M5Product's, whose scale is the release's own: train on one source or the other)."""
+  num_frames = transform.audio_mel_frames
+  waveform = _waveform(transform, record)
+  if len(waveform):
+    # Crop the waveform, not the spectrogram: (F - 1) hops of samples give exactly F frames.
+    hop = round(MEL_HOP_SECONDS * transform.audio_sample_rate)
+    clip = _crop(waveform, max(1, (num_frames - 1) * hop), rng)
+    frames = log_mel_spectrogram(clip, transform.audio_sample_rate)
+  else:
+    frames = _crop(np.asarray(record["mel"], np.float32).T, num_frames, rng)  # [T, 80]
+  mel = np.zeros((num_frames, schema.MEL_BINS), np.float32)
+  mask = np.zeros((num_frames,), np.bool_)
+  mel[: len(frames)], mask[: len(frames)] = frames, True
+  example = {"audio_mel": mel, "audio_mel_mask": mask}
+  if transform.masking:
+    example["audio_mel_mlm_mask"] = _masked_positions(transform, mask, rng)
+  return example
+
+
+def _audio_mel_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
+  frames = transform.audio_mel_frames
+  return _spec(audio_mel=((frames, schema.MEL_BINS), np.float32),
+               audio_mel_mask=((frames,), np.bool_),
+               **_mlm_mask_spec(transform, "audio_mel", frames))
+
+
+def _regions(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
+  """The first `input.max_regions` region features (float16 on disk, float32 here) and
+  their boxes; the release's detector lists regions by confidence."""
+  feats = np.asarray(record["region_feats"])[: transform.max_regions]
+  boxes = np.asarray(record["region_boxes"], np.float32)[: len(feats)]
+  count = transform.max_regions
+  example = {
+      "region_feats": np.zeros((count, schema.REGION_FEATURE_DIM), np.float32),
+      "region_boxes": np.zeros((count, schema.REGION_BOX_DIM), np.float32),
+      "region_mask": np.arange(count) < len(feats),
+  }
+  example["region_feats"][: len(feats)] = feats
+  example["region_boxes"][: len(feats)] = boxes  # one box per feature (m5product checks)
+  if transform.masking:
+    example["region_mlm_mask"] = _masked_positions(transform, example["region_mask"], rng)
+  return example
+
+
+def _regions_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
+  count = transform.max_regions
+  return _spec(region_feats=((count, schema.REGION_FEATURE_DIM), np.float32),
+               region_boxes=((count, schema.REGION_BOX_DIM), np.float32),
+               region_mask=((count,), np.bool_), **_mlm_mask_spec(transform, "region", count))
+
+
+def _video_feats(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
+  """`input.video_feat_frames` frame features, sampled uniformly over a longer clip (like
+  `video`'s frames, the same in training and evaluation)."""
+  feats = np.asarray(record["frame_feats"])
+  count = transform.video_feat_frames
+  if len(feats) > count:
+    feats = feats[np.round(np.linspace(0, len(feats) - 1, num=count)).astype(int)]
+  example = {"frame_feats": np.zeros((count, schema.FRAME_FEATURE_DIM), np.float32),
+             "frame_mask": np.arange(count) < len(feats)}
+  example["frame_feats"][: len(feats)] = feats
+  if transform.masking:
+    example["frame_mlm_mask"] = _masked_positions(transform, example["frame_mask"], rng)
+  return example
+
+
+def _video_feats_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
+  count = transform.video_feat_frames
+  return _spec(frame_feats=((count, schema.FRAME_FEATURE_DIM), np.float32),
+               frame_mask=((count,), np.bool_), **_mlm_mask_spec(transform, "frame", count))
+
+
+# ---------------------------------------------------------------------------------------
+# Masked modeling: which tokens, entities, regions and frames to hide.
+# ---------------------------------------------------------------------------------------
+
+
+def choose_units(rng: np.random.Generator, sizes: np.ndarray, prob: float) -> np.ndarray:
+  """Bool [len(sizes)]: units (tokens, or whole entities of `sizes` tokens) taken in random
+  order until `prob` of their total size is taken.
+
+  The unit that would cross that budget is taken with the probability that makes the
+  expected total exactly `prob` of it: a budget of 2.4 tokens takes 2 or 3 (3 in 40% of
+  examples), where rounding would always take 2 and under-mask short titles.
+  """
+  sizes = np.asarray(sizes, np.float64)
+  chosen = np.zeros(len(sizes), np.bool_)
+  order = rng.permutation(len(sizes))
+  budget = prob * sizes.sum()
+  taken = np.cumsum(sizes[order])
+  num_whole = int(np.searchsorted(taken, budget, side="right"))  # units within the budget
+  chosen[order[:num_whole]] = True
+  if num_whole < len(sizes):
+    before = taken[num_whole - 1] if num_whole else 0.0
+    chosen[order[num_whole]] = rng.random() * sizes[order[num_whole]] < budget - before
+  return chosen
+
+
+def _masked_positions(transform: ExampleTransform, present: np.ndarray, rng) -> np.ndarray:
+  """`input.mask_prob` of the `present` positions, chosen at random; none in evaluation."""
+  chosen = np.zeros(present.shape, np.bool_)
+  if rng is not None:
+    where = np.flatnonzero(present)
+    chosen[where[choose_units(rng, np.ones(len(where)), transform.mask_prob)]] = True
+  return chosen
+
+
+def _corrupt(transform: ExampleTransform, tokens: np.ndarray, units: np.ndarray, rng
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """BERT's corruption of whole units (`units`: per token, its unit, -1 for none).
+
+  `input.mask_prob` of the unit tokens are chosen, unit by unit (`choose_units`); each chosen
+  unit is then replaced by [MASK] (80%), by random content pieces (10%) or kept (10%).
+  Returns (corrupted tokens, targets: the original token where chosen, -1 elsewhere).
+  """
+  corrupted, targets = tokens.copy(), np.full(tokens.shape, -1, np.int32)
+  if rng is None:
+    return corrupted, targets
+  ids, sizes = np.unique(units[units >= 0], return_counts=True)
+  chosen = ids[choose_units(rng, sizes, transform.mask_prob)]
+  action = rng.random(len(chosen))  # per unit: the whole key or value is treated alike
+  random_pieces = rng.integers(tokenizer_lib.NUM_SPECIAL_IDS, transform.tokenizer.vocab_size,
+                               size=tokens.shape, dtype=np.int32)
+  where = np.flatnonzero(np.isin(units, chosen))
+  token_action = action[np.searchsorted(chosen, units[where])]
+  targets[where] = tokens[where]
+  corrupted[where[token_action < 0.8]] = tokenizer_lib.MASK_ID
+  replaced = where[(token_action >= 0.8) & (token_action < 0.9)]
+  corrupted[replaced] = random_pieces[replaced]
+  return corrupted, targets
+
+
+def _mlm_mask_spec(transform: ExampleTransform, prefix: str, length: int
+                   ) -> dict[str, tuple[tuple[int, ...], Any]]:
+  return {f"{prefix}_mlm_mask": ((length,), np.bool_)} if transform.masking else {}
+
+
+# Registry order is the order modalities draw from `rng` (append new ones at the end, so
+# existing configs keep their draws).
 register_modality("image", Modality(("images", "boxes"), _images_spec, _images))
 register_modality("text", Modality(("title",), _text_spec, _text))
 register_modality("table", Modality(("attributes",), _table_spec, _table))
 register_modality("video", Modality(("video_frames",), _video_spec, _video))
 register_modality("audio", Modality(("audio",), _audio_spec, _audio))
+register_modality("audio_mel", Modality(("audio", "mel"), _audio_mel_spec, _audio_mel))
+register_modality("regions", Modality(("region_feats", "region_boxes"), _regions_spec,
+                                      _regions))
+register_modality("video_feats", Modality(("frame_feats",), _video_feats_spec, _video_feats))
 
 
 def _to_str(value: bytes | str) -> str:
