@@ -145,6 +145,8 @@ def test_markdown_table():
   assert table[0] == "| metric | image | text | image+text |"
   assert table[2] == "| category probe_top1 | 0.500 | 0.250 | – |"
   assert table[3] == "| attributes probe_acc/color | 1.000 | – | – |"
+  reordered = dict(reversed(list(metrics.items())))  # tasks keep TASKS order
+  assert downstream.markdown_table({"": reordered}).splitlines()[2:] == table[2:]
   assert len(table) == 4  # counts are not table rows
 
 
@@ -159,6 +161,11 @@ def test_aggregate_groups_seeds(tmp_path, capsys):
   assert (mean, n) == (pytest.approx(0.6), 2) and std == pytest.approx(np.std([0.5, 0.7], ddof=1))
   downstream.main([str(tmp_path / "e_clip_seed0"), str(tmp_path / "e_clip_seed1")])
   assert "| matching roc_auc | 0.600 ± 0.141 | – | – |" in capsys.readouterr().out
+  downstream.main(["--inputs=image", str(tmp_path / "e_clip_seed0")])
+  assert capsys.readouterr().out.splitlines()[:3] == [
+      "| metric | e_clip image |", "|---|---|", "| matching roc_auc | 0.500 |"]
+  with pytest.raises(SystemExit, match=re.escape("error: inputs ['photo'] are not of")):
+    downstream.main(["--inputs=photo", str(tmp_path / "e_clip_seed0")])
   with pytest.raises(SystemExit, match="error: .*downstream.json does not exist"):
     downstream.main([str(tmp_path)])
 

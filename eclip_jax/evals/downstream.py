@@ -38,7 +38,8 @@ The metrics go to the trainer (`eval/<name>/...`), and, when the evaluator has a
 to `WORKDIR/<name>.json` (nested: task -> input -> metric) and `WORKDIR/<name>.md` (a table,
 inputs as columns). Several runs side by side, mean ± std over seeds:
 
-  python -m eclip_jax.evals.downstream workdirs/e_clip_seed* workdirs/clip_seed*
+  python -m eclip_jax.evals.downstream [--inputs=image+text] workdirs/e_clip_seed* \
+      workdirs/clip_seed*
 
 Config entry (`config.evals.<name>`): `type="downstream"`, `split="validation"` (the
 configs use "test"), `train_split="train"`, `image_output="image_emb"` (or ECLIP's `"instance_emb_img"`),
@@ -75,6 +76,7 @@ from eclip_jax.evals import classification
 from eclip_jax.evals import common
 
 INPUTS = ("image", "text", "image+text")
+TASKS = ("category", "attributes", "matching", "clustering", "restricted")  # table order
 ATTRIBUTE_TEMPLATES = ("a {} product.", "{}")
 PROBE_L2 = 1e-4
 PROBE_STEPS = 100
@@ -406,21 +408,25 @@ class DownstreamEvaluator(common.SplitEvaluator):
 
 
 def _rows(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-  """"task/input/metric" keys -> {"task metric": {input: value}}, in suite order."""
+  """"task/input/metric" keys -> {"task metric": {input: value}}, tasks in TASKS order."""
   rows = {}
-  for key, value in metrics.items():
-    parts = key.split("/")
+  keyed = sorted((TASKS.index(k.split("/")[0]) if k.split("/")[0] in TASKS else len(TASKS), i)
+                 for i, k in enumerate(metrics))
+  keys = list(metrics)
+  for _, i in keyed:
+    parts = keys[i].split("/")
     if len(parts) >= 3 and parts[1] in INPUTS:
-      rows.setdefault(f"{parts[0]} {'/'.join(parts[2:])}", {})[parts[1]] = value
+      rows.setdefault(f"{parts[0]} {'/'.join(parts[2:])}", {})[parts[1]] = metrics[keys[i]]
   return rows
 
 
-def markdown_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+def markdown_table(runs: Mapping[str, Mapping[str, Any]],
+                   inputs: Sequence[str] = INPUTS) -> str:
   """The suite's metrics as a markdown table: a row per task metric, a column per (run,
-  input). A value is a number or a (mean, std, n) tuple."""
+  input of `inputs`). A value is a number or a (mean, std, n) tuple."""
   per_run = {name: _rows(metrics) for name, metrics in runs.items()}
   row_names = list(dict.fromkeys(r for rows in per_run.values() for r in rows))
-  columns = [(name, kind) for name in runs for kind in INPUTS]
+  columns = [(name, kind) for name in runs for kind in inputs]
   header = [f"{name} {kind}".strip() for name, kind in columns]
   lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
   for row in row_names:
@@ -459,15 +465,26 @@ def aggregate(workdirs: Sequence[str], name: str = "downstream") -> dict[str, di
   return table
 
 
+_USAGE = ("usage: python -m eclip_jax.evals.downstream [--inputs=image,text,image+text] "
+          "WORKDIR [WORKDIR ...]")
+
+
 def main(argv: Sequence[str]) -> None:
-  """python -m eclip_jax.evals.downstream WORKDIR [WORKDIR ...]: the table, mean ± std."""
-  if not argv:
-    sys.exit("usage: python -m eclip_jax.evals.downstream WORKDIR [WORKDIR ...]")
+  """python -m eclip_jax.evals.downstream [--inputs=...] WORKDIR [WORKDIR ...]: the table,
+  mean ± std over each run's seeds, columns for the chosen inputs (default all three)."""
+  inputs = INPUTS
+  workdirs = [a for a in argv if not a.startswith("--inputs=")]
+  for arg in argv:
+    if arg.startswith("--inputs="):
+      inputs = tuple(arg.removeprefix("--inputs=").split(","))
+  unknown = [kind for kind in inputs if kind not in INPUTS]
+  if unknown or not workdirs or any(a.startswith("-") for a in workdirs):
+    sys.exit(f"error: inputs {unknown} are not of {list(INPUTS)}" if unknown else _USAGE)
   try:
-    table = aggregate(argv)
+    table = aggregate(workdirs)
   except (FileNotFoundError, json.JSONDecodeError) as error:
     sys.exit(f"error: {error}")
-  print(markdown_table(table), end="")
+  print(markdown_table(table, inputs), end="")
   print("\nseeds per run: " + ", ".join(
       f"{group} {max(n for _, _, n in metrics.values())}" for group, metrics in table.items()))
 
