@@ -21,6 +21,7 @@ TEXT_LEN, TABLE_LEN, IMAGE_SIZE, FRAMES, FRAME_SIZE = 6, 8, 16, 3, 8
 REGIONS, MEL_FRAMES, PATCH_FRAMES = 4, 10, 4
 SIZE = {"width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32}
 VIT = {"variant": "tiny", "patch_size": 8, **SIZE}
+LOGICAL_NAMES = {"batch", "embed", "mlp", "heads", "kv", "vocab", "joint", "length", "layers", None}
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"),
          ("heads", "tensor"), ("vocab", "tensor"))
 # Rows: 0 has everything; 1 lacks the table; 2 lacks video and audio; 3 lacks regions.
@@ -235,6 +236,20 @@ def test_builds_from_a_config_and_inits_from_the_example_spec():
   assert "table_tower" not in params  # share_text_encoders: one text tower
   out = jax.eval_shape(model.apply, variables, batch)
   assert out["region_pred"].shape == (1, REGIONS, 2048)
+
+  boxes = jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert len(boxes) == len(jax.tree.leaves(variables)) > 50  # every param is partitioned
+  for box in boxes:
+    assert isinstance(box, nn.LogicallyPartitioned) and len(box.names) == box.value.ndim, box
+    assert set(box.names) <= LOGICAL_NAMES, box.names
+
+  # bfloat16 compute keeps float32 params and embeddings; scanned, rematerialized blocks build.
+  bf16 = scale.Scale(**model_fields(dtype="bfloat16", scan_layers=True, remat_policy="full"))
+  variables = jax.eval_shape(bf16.init, jax.random.key(0), batch)
+  assert {leaf.dtype for leaf in jax.tree.leaves(nn.unbox(variables))} == {jnp.dtype("float32")}
+  out = jax.eval_shape(bf16.apply, variables, batch)
+  assert out["fused_emb"].dtype == out["text_emb"].dtype == jnp.float32
+  assert out["text_mlm_logits"].dtype == jnp.float32
 
   separate = models.build_model(ml_collections.ConfigDict(
       {"name": "scale", **model_fields(share_text_encoders=False)}))

@@ -90,8 +90,9 @@ def _mlm_hidden(batch: dict[str, jax.Array], key: str, mlm_key: str) -> jax.Arra
 class Scale(nn.Module):
   """SCALE's encoders + fusion (module docstring).
 
-  Fields: `text` (TextTransformer fields of the title tower; its pooling is "cls"), `table`
-  (the table tower's, when not shared; default: `text`'s), `image` (ViT fields, pixels),
+  Fields: `text` (TextTransformer fields of the title tower; its pooling is "cls"; shared
+  with the table, its `max_len` must cover `input.max_table_len` too), `table` (the table
+  tower's, when not shared; default: `text`'s), `image` (ViT fields, pixels),
   `regions`, `video`, `audio`, `fusion` (dicts of `width`, `depth`, `num_heads`,
   `mlp_dim`; `video` may add `frame_tower`, ViT fields for pixel frames, and `audio`
   `patch_frames`, mel frames per token, 1 by default as the release's mel tokens).
@@ -159,12 +160,10 @@ class Scale(nn.Module):
     for name in ("text", "table"):
       if name not in self.modalities or f"{name}_tokens" not in batch:
         continue
-      if name == "text" or not self.share_text_encoders:
-        fields = self.text if name == "text" else (self.table or self.text)
-        tower = self._text_tower(fields, f"{name}_tower")
-        text_tower = text_tower or tower
-      else:
-        tower = text_tower or self._text_tower(self.text, "text_tower")
+      if name == "table" and not self.share_text_encoders:
+        tower = self._text_tower(self.table or self.text, "table_tower")
+      else:  # the title's tower, called a second time for a shared table
+        text_tower = tower = text_tower or self._text_tower(self.text, "text_tower")
       tokens = batch.get(f"{name}_tokens_masked", batch[f"{name}_tokens"])
       encoded[name] = modality.TextEncoder(
           tower, self.embed_dim, kwargs["dtype"], kwargs["param_dtype"], name=f"{name}_encoder"
