@@ -200,11 +200,25 @@ def test_padding_changes_no_output(setup):
   _assert_same_outputs(apply(variables, perturb(batch, padding)), want)
 
 
-def test_masked_tokens_are_read_when_the_batch_has_them(setup):
-  _, _, batch, variables, apply = setup
-  masked = dict(batch, text_tokens_masked=np.where(batch["text_mask"], 1, 0).astype(np.int32))
-  want = apply(variables, dict(batch, text_tokens=masked["text_tokens_masked"]))
-  _assert_same_outputs(apply(variables, masked), want)
+def test_masked_modeling_inputs_replace_the_clean_ones(setup):
+  """With `*_tokens_masked` the text towers read those; under `*_mlm_mask` the regions,
+  frames and mel frames are read as zeros (they stay the regression targets)."""
+  kind, _, batch, variables, apply = setup
+  rng = np.random.default_rng(3)
+  masked, want_batch = dict(batch), dict(batch)
+  for name in ("text", "table"):
+    masked[f"{name}_tokens_masked"] = want_batch[f"{name}_tokens"] = np.where(
+        rng.random(batch[f"{name}_tokens"].shape) < 0.3, 1, batch[f"{name}_tokens"]).astype(
+            np.int32)
+  hidden = {"audio_mel": "audio_mel_mlm_mask"}
+  if kind == "features":
+    hidden |= {"region_feats": "region_mlm_mask", "frame_feats": "frame_mlm_mask"}
+  for key, mlm_key in hidden.items():
+    masked[mlm_key] = rng.random(batch[key].shape[:2]) < 0.3
+    want_batch[key] = np.where(masked[mlm_key][..., None], 0.0, batch[key]).astype(np.float32)
+  _assert_same_outputs(apply(variables, masked), apply(variables, want_batch))
+  assert np.abs(apply(variables, masked)["text_emb"] - apply(variables, batch)["text_emb"]
+                ).max() > 1e-3
 
 
 def test_runs_only_the_modalities_the_batch_holds(setup):
