@@ -12,11 +12,13 @@ import flax.linen as nn
 import ml_collections
 
 from eclip_jax.models import eclip
+from eclip_jax.models import scale
 from eclip_jax.models import two_tower
 
 MODELS: dict[str, type[nn.Module]] = {
     "two_tower": two_tower.TwoTower,
     "eclip": eclip.ECLIP,
+    "scale": scale.Scale,
 }
 
 # Fields every flax module has that are not configuration.
