@@ -32,8 +32,9 @@ recipe) trained on `train_split` and scored on the evaluated split. Clustering: 
 Config entry (`config.evals.<name>`): `type="m5product"`, `split="validation"` (an m5product
 build: "classification_test"), `train_split="train"` ("classification_train"),
 `query_split=""` and `gallery_split=""` (both or neither), `embedding_output="fused_emb"`,
-`modalities=("image", "text")`, `normalize=False`, `seed=0`, and any `config.input` field to
-override. Counts: `num_examples` (of the evaluated split), `num_skipped` (bad records of
+`modalities=("image", "text")`, `normalize=False`, `seed=0` (k-means), `in_training=False`
+(the probe embeds the whole training split: `--mode=eval`, as downstream), and any
+`config.input` field to override. Counts: `num_examples` (of the evaluated split), `num_skipped` (bad records of
 every split read).
 """
 
@@ -85,6 +86,7 @@ class M5ProductEvaluator(common.SplitEvaluator):
       "modalities": ("image", "text"),
       "normalize": False,
       "seed": 0,
+      "in_training": False,  # it embeds the whole training split, as downstream does
   }
 
   def __init__(self, name: str, entry: Mapping[str, Any], **kwargs):
