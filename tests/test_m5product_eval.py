@@ -37,44 +37,48 @@ def test_ranking_metrics_by_hand():
   """Dot products, unnormalized.
   q0 (A): scores 3, 2, 1, 0, -1: ranked g0 g1 g2 g3 g4, hits 1 0 1 0 1, P = 3.
     AP@1 = 1/min(1, 3) = 1; AP@5 = AP@10 = (1/1 + 2/3 + 3/5) / min(5, 3) = 34/45 (the gallery
-    has 5 items: ranks beyond 5 hold nothing). Prec@1 = 1, Prec@5 = 3/5, Prec@10 = 3/10.
+    has 5 items: ranks beyond 5 hold nothing). Prec@K = hits in the top K / K': Prec@1 = 1,
+    Prec@2 = 1/2, Prec@5 = Prec@10 = 3/3 = 1.
   q1 (B): scores 0, 5, 0, 1, 0: g1, g3 (hits), then g0 g2 g4 tied at 0, all negatives (the tie
     cannot change anything). P = 2: AP@5 = (1 + 1) / min(5, 2) = 1 (the K' rule; 2/5 without
-    it), AP@10 = 1. Prec@1 = 1, Prec@5 = 2/5, Prec@10 = 2/10.
+    it), AP@10 = 1. Prec@1 = Prec@2 = Prec@5 = Prec@10 = 1 (2/5 at K = 5 without K').
   q2 (C) has no positive in the gallery: not a query.
-  Means over q0, q1: map1 = 1, map5 = map10 = (34/45 + 1) / 2 = 79/90; prec1 = 1,
-  prec5 = (3/5 + 2/5) / 2 = 1/2, prec10 = (3/10 + 2/10) / 2 = 1/4."""
+  Means over q0, q1: map1 = 1, map5 = map10 = (34/45 + 1) / 2 = 79/90; prec1 = prec5 =
+  prec10 = 1."""
   metrics = m5product.ranking_metrics(_QUERIES, _QUERY_IDS, _GALLERY, _GALLERY_IDS)
   assert metrics == pytest.approx({
       "num_queries": 2, "map1": 1.0, "map5": 79 / 90, "map10": 79 / 90,
-      "prec1": 1.0, "prec5": 1 / 2, "prec10": 1 / 4})
+      "prec1": 1.0, "prec5": 1.0, "prec10": 1.0})
   hits, positives = product_retrieval.top_k_hits(_QUERIES, _QUERY_IDS, 10, _GALLERY,
                                                  _GALLERY_IDS)
   np.testing.assert_array_equal(hits[:2], [[1, 0, 1, 0, 1], [1, 1, 0, 0, 0]])
   np.testing.assert_array_equal(positives, [3, 2, 0])
   np.testing.assert_allclose(product_retrieval.average_precision_at(hits[:2], positives[:2], 5),
                              [34 / 45, 1.0])
-  np.testing.assert_allclose(product_retrieval.precision_at(hits[:2], 10), [0.3, 0.2])
+  np.testing.assert_allclose(product_retrieval.precision_at(hits[:2], positives[:2], 2),
+                             [0.5, 1.0])
+  np.testing.assert_allclose(product_retrieval.precision_at(hits[:2], positives[:2], 10),
+                             [1.0, 1.0])
 
 
 def test_cosine_ranking_differs_from_the_protocols_dot_product():
   """Unit-length rows: q0 scores g0 and g2 1 (a tie of two positives), g1 2/sqrt(29) ~ 0.37,
   g3 0, g4 -1: hits 1 1 0 0 1, AP@5 = (1 + 1 + 3/5) / 3 = 13/15; q1 as before (g1 0.93, g3 1:
-  still both first). map5 = (13/15 + 1) / 2 = 14/15; Prec@K counts the same hits."""
+  still both first). map5 = (13/15 + 1) / 2 = 14/15; Prec@5 = 3/3 and 2/2."""
   metrics = m5product.ranking_metrics(common.l2_normalize(_QUERIES), _QUERY_IDS,
                                       common.l2_normalize(_GALLERY), _GALLERY_IDS)
   assert metrics["map5"] == pytest.approx(14 / 15)
-  assert metrics["prec5"] == pytest.approx(1 / 2)
+  assert metrics["prec5"] == pytest.approx(1.0)
 
 
 def test_rows_querying_each_other_leave_themselves_out():
   """Rows 0 and 1 are equal (label 0), row 2 is orthogonal (label 1). Row 0's gallery is rows
   1 and 2: hits 1 0 with P = 1 (itself would otherwise tie first), so AP@K = 1 for every K
-  (K' = 1) and Prec@5 = 1/5. Row 1 likewise; row 2 has no positive."""
+  (K' = 1) and Prec@K = 1/1. Row 1 likewise; row 2 has no positive."""
   rows = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
   metrics = m5product.ranking_metrics(rows, np.array([0, 0, 1]))
   assert metrics == pytest.approx({"num_queries": 2, "map1": 1.0, "map5": 1.0, "map10": 1.0,
-                                   "prec1": 1.0, "prec5": 1 / 5, "prec10": 1 / 10})
+                                   "prec1": 1.0, "prec5": 1.0, "prec10": 1.0})
   assert m5product.ranking_metrics(rows, np.array([0, 1, 2])) == {"num_queries": 0}
 
 
@@ -124,9 +128,10 @@ class FusedOracle:
 
 
 def _expected_precision(ids, k):
-  """Prec@K of a perfect ranking: min(K, P) / K over the rows with P >= 1 others alike."""
+  """Prec@K of a perfect ranking: min(K, P) hits / K' = min(K, P), over the rows with P >= 1
+  others alike."""
   others = np.array([(ids == i).sum() - 1 for i in ids])
-  return float(np.mean(np.minimum(k, others[others > 0]) / k))
+  return float(np.mean(np.minimum(k, others[others > 0]) / np.minimum(k, others[others > 0])))
 
 
 def test_an_oracle_model_scores_perfectly(mesh, tiny_input_config):

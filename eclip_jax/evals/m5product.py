@@ -19,7 +19,7 @@ positives in its gallery and K' = min(K, P), K in KS = (1, 5, 10):
 
     map{K}    mean over queries of (1/K') * sum over ranks r <= K holding a positive of
               precision@r (product_retrieval.average_precision_at)
-    prec{K}   mean over queries of (positives among the K best) / K
+    prec{K}   mean over queries of (positives among the K best) / K' (the protocol's K')
 
 over the queries with at least one positive (`<prefix>/num_queries`; the others are left
 out, as in product_retrieval). Ties between scores are broken arbitrarily.
@@ -71,7 +71,7 @@ def ranking_metrics(queries: np.ndarray, query_ids: np.ndarray,
     metrics[f"map{k}"] = float(np.mean(
         product_retrieval.average_precision_at(hits, num_positives, k)))
   for k in ks:
-    metrics[f"prec{k}"] = float(np.mean(product_retrieval.precision_at(hits, k)))
+    metrics[f"prec{k}"] = float(np.mean(product_retrieval.precision_at(hits, num_positives, k)))
   return metrics
 
 

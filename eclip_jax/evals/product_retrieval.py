@@ -82,9 +82,10 @@ def average_precision_at(hits: np.ndarray, num_positives: np.ndarray, k: int) ->
   return np.sum((hits * precision)[:, :k], axis=1) / np.minimum(k, num_positives)
 
 
-def precision_at(hits: np.ndarray, k: int) -> np.ndarray:
-  """[N] Prec@k of `top_k_hits`'s rows: positives among the k best / k."""
-  return np.sum(hits[:, :k], axis=1) / k
+def precision_at(hits: np.ndarray, num_positives: np.ndarray, k: int) -> np.ndarray:
+  """[N] Prec@k of `top_k_hits`'s rows as the M5Product protocol defines it: positives among
+  the k best / K', K' = min(k, the row's number of positives)."""
+  return np.sum(hits[:, :k], axis=1) / np.minimum(k, num_positives)
 
 
 def same_product_metrics(embeddings: np.ndarray, ids: np.ndarray,
