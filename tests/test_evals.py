@@ -326,8 +326,8 @@ def test_zeroshot_classification_scores_the_most_similar_class(mesh, tiny_input_
 
 @pytest.mark.parametrize("entry, message", [
     ({"type": "bar"}, "config.evals.under_test.type='bar' is unknown; known types: "
-                      "['downstream', 'grounding', 'product_retrieval', 'retrieval', "
-                      "'zeroshot_classification']"),
+                      "['downstream', 'grounding', 'm5product', 'product_retrieval', "
+                      "'retrieval', 'zeroshot_classification']"),
     ({"type": "retrieval", "batch_size": 12},
      "config.evals.under_test.batch_size=12 is not divisible by the data-parallel size 8"),
     ({"type": "retrieval", "positve": "pair"},

@@ -29,6 +29,7 @@ from eclip_jax.evals import classification
 from eclip_jax.evals import common
 from eclip_jax.evals import downstream
 from eclip_jax.evals import grounding
+from eclip_jax.evals import m5product
 from eclip_jax.evals import product_retrieval
 from eclip_jax.evals import retrieval
 
@@ -45,6 +46,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "product_retrieval": product_retrieval.ProductRetrievalEvaluator,
     "grounding": grounding.GroundingEvaluator,
     "downstream": downstream.DownstreamEvaluator,
+    "m5product": m5product.M5ProductEvaluator,
 }
 
 

@@ -41,22 +41,30 @@ from eclip_jax.evals import common
 POSITIVES = ("product", "catalog")
 
 
-def top_k_hits(embeddings: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """Each row queries all the other rows: ([N, k] whether the r-th best is a positive,
-  [N] number of positives among the other rows). Scores are dot products in float32."""
+def top_k_hits(embeddings: np.ndarray, ids: np.ndarray, k: int,
+               gallery: np.ndarray | None = None,
+               gallery_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Each row queries all the other rows, or, given `gallery` (and its `gallery_ids`), every
+  gallery row: ([N, k] whether the r-th best is a positive, [N] number of positives in its
+  gallery). Scores are dot products in float32; k is capped at the gallery size."""
   embeddings, ids = np.asarray(embeddings, np.float32), np.asarray(ids)
+  exclude_self = gallery is None  # a photo is not its own answer
+  if exclude_self:
+    gallery, gallery_ids = embeddings, ids
+  gallery, gallery_ids = np.asarray(gallery, np.float32), np.asarray(gallery_ids)
   num = len(embeddings)
-  k = min(k, num - 1)
+  k = min(k, len(gallery) - exclude_self)
   hits = np.zeros((num, k), bool)
   num_positives = np.zeros(num, np.int64)
-  block = max(1, common.MAX_BLOCK_SCORES // max(1, num))
+  block = max(1, common.MAX_BLOCK_SCORES // max(1, len(gallery)))
   for start in range(0, num, block):
     rows = np.arange(start, min(num, start + block))
-    scores = embeddings[rows] @ embeddings.T
-    scores[np.arange(len(rows)), rows] = -np.inf  # a photo is not its own answer
+    scores = embeddings[rows] @ gallery.T
+    positive = ids[rows, None] == gallery_ids[None, :]
+    if exclude_self:
+      scores[np.arange(len(rows)), rows] = -np.inf
+      positive[np.arange(len(rows)), rows] = False
     scores = np.nan_to_num(scores, nan=-np.inf)
-    positive = ids[rows, None] == ids[None, :]
-    positive[np.arange(len(rows)), rows] = False
     num_positives[rows] = positive.sum(axis=1)
     # The k best, in order: a partial partition, then a stable sort of those k only.
     candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -64,6 +72,20 @@ def top_k_hits(embeddings: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndar
     best = np.take_along_axis(candidates, order, 1)[:, :k]
     hits[rows] = np.take_along_axis(positive, best, 1)
   return hits, num_positives
+
+
+def average_precision_at(hits: np.ndarray, num_positives: np.ndarray, k: int) -> np.ndarray:
+  """[N] AP@k of `top_k_hits`'s rows: (1/K') * sum over ranks r <= k holding a positive of
+  precision@r, K' = min(k, number of positives) (rows need a positive)."""
+  ranks = np.arange(1, hits.shape[1] + 1)
+  precision = np.cumsum(hits, axis=1) / ranks
+  return np.sum((hits * precision)[:, :k], axis=1) / np.minimum(k, num_positives)
+
+
+def precision_at(hits: np.ndarray, num_positives: np.ndarray, k: int) -> np.ndarray:
+  """[N] Prec@k of `top_k_hits`'s rows as the M5Product protocol defines it: positives among
+  the k best / K', K' = min(k, the row's number of positives)."""
+  return np.sum(hits[:, :k], axis=1) / np.minimum(k, num_positives)
 
 
 def same_product_metrics(embeddings: np.ndarray, ids: np.ndarray,
@@ -76,12 +98,8 @@ def same_product_metrics(embeddings: np.ndarray, ids: np.ndarray,
              "num_without_positive": int((~answerable).sum())}
   if not metrics["num_queries"]:
     return metrics  # nothing to rank
-  ranks = np.arange(1, hits.shape[1] + 1)
-  precision = np.cumsum(hits, axis=1) / ranks
   for k in ks:
-    k_prime = np.minimum(k, num_positives)
-    average_precision = np.sum((hits * precision)[:, :k], axis=1) / k_prime
-    metrics[f"map{k}"] = float(np.mean(average_precision))
+    metrics[f"map{k}"] = float(np.mean(average_precision_at(hits, num_positives, k)))
   metrics["r1"] = float(np.mean(hits[:, 0]))
   metrics["chance_r1"] = float(np.mean(num_positives / (len(embeddings) - 1)))
   return metrics
