@@ -181,7 +181,8 @@ def _ref_masked(outputs, batch, harmonize):
 
 
 @pytest.mark.parametrize("harmonize, positives, impl", [
-    ("off", "pair", "gather"), ("code", "catalog", "gather"), ("learned", "pair", "ring")])
+    ("off", "pair", "gather"), ("code", "catalog", "gather"), ("code", "pair", "tiled"),
+    ("learned", "pair", "ring")])
 def test_contrastive_matches_float64_reference_on_8_and_1_devices(harmonize, positives, impl):
   outputs, batch = _example(seed=0)
   ref_losses, ref_total = _ref_contrastive(outputs, batch, harmonize, positives)
@@ -229,6 +230,15 @@ def test_code_harmonization_rows_are_unit_and_zero_where_missing():
   np.testing.assert_allclose(np.linalg.norm(harmonization, axis=-1)[present], 1.0, rtol=1e-6)
   both = present[:, :, None] & present[:, None, :]
   assert np.all(harmonization[~both] == 0.0)
+
+
+def test_code_harmonization_passes_no_gradient():
+  # S weights the losses; moving the embeddings to change S must not be a way to lower them.
+  outputs, _ = _example(seed=3)
+  outputs = jax.tree.map(jnp.asarray, outputs)
+  grads = jax.grad(lambda o: jnp.sum(scale.code_harmonization({**outputs, **o})))(
+      {f"{m}_emb": outputs[f"{m}_emb"] for m in scale.MODALITIES})
+  assert all(np.all(np.asarray(g) == 0.0) for g in grads.values())
 
 
 def test_learned_weights_start_as_off_and_drop_missing_modalities():
