@@ -120,14 +120,18 @@ def _ref_learned_weights(raw, taking_part):
   return np.where(used, 1.0 + raw * softmax, 0.0)
 
 
+def _log_softmax(z):
+  shifted = z - z.max(axis=1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 def _ref_info_nce(x, y, logit_scale, ids):
   """Symmetric InfoNCE over the given (kept) rows: a plain batch, no masks."""
   logits = logit_scale * x @ y.T
   positives = (ids[:, None] == ids[None, :]).astype(np.float64)
   targets = positives / positives.sum(axis=1, keepdims=True)
-  log_softmax = lambda z: z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True)  # noqa: E731
-  row = -np.sum(targets * log_softmax(logits), axis=1).mean()
-  col = -np.sum(targets * log_softmax(logits.T), axis=1).mean()
+  row = -np.sum(targets * _log_softmax(logits), axis=1).mean()
+  col = -np.sum(targets * _log_softmax(logits.T), axis=1).mean()
   return 0.5 * (row + col)
 
 
@@ -298,8 +302,10 @@ def test_a_missing_modality_contributes_nothing(harmonize):
   value_and_grad = jax.jit(jax.value_and_grad(total))
 
   def run(o):
-    split = lambda keep: _place({k: v for k, v in o.items() if (k in keys) == keep}, mesh)  # noqa: E731
-    return value_and_grad(split(True), split(False), _place(batch, mesh))
+    # Only the float embeddings are differentiated: the presence flags are bool.
+    differentiated = _place({k: v for k, v in o.items() if k in keys}, mesh)
+    rest = _place({k: v for k, v in o.items() if k not in keys}, mesh)
+    return value_and_grad(differentiated, rest, _place(batch, mesh))
 
   loss, grads = run(outputs)
   perturbed = dict(outputs)

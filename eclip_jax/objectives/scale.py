@@ -15,7 +15,9 @@ embedding), `{m}_present` [B] bool; the heads `text_mlm_logits` [B, L, V],
 (data/transforms.py): `text_mlm_targets` [B, L] and `table_mlm_targets` [B, Lt] (the
 original token where masked, -1 elsewhere), `region_feats` + `region_mlm_mask`,
 `frame_feats` + `frame_mlm_mask`, `audio_mel` + `audio_mel_mlm_mask`. A modality the model
-lacks takes part in nothing; a masked term whose head or targets are absent is skipped.
+lacks takes part in nothing; a masked term whose head or targets are absent is skipped. The
+heads are the model's predictions from the fused outputs; `fused_{m}_emb` and `fused_emb`
+(also in the contract) are what evaluation reads, and no loss here reads them.
 
 Missing modalities. A pair's loss is the row-weighted InfoNCE with weight 0 on the rows
 where either modality is missing: such a row is neither a query nor a candidate, so the
@@ -27,22 +29,30 @@ Self-harmonization (`config.scale.harmonize`). The tasks are indexed by an M×M 
 modalities: entry (i, j), i < j, is the pair (i, j); entry (i, i) is modality i's masked
 term (text: title MLM, table: entity modeling, image: regions, video: frames, audio: mel).
 
-- "code" (METHODS.md's reading of the released code): per sample, C = the cosine matrix
-  between the sample's present unimodal embeddings; S = C ⊙ softmax(C) (row softmax over
-  present modalities), rows L2-normalized; entries with a missing modality are 0. S_ij
-  multiplies the sample's pair-(i,j) logits (its row of x is scaled, so the query's logits
-  are scaled, through every `loss.impl`), and S_ii multiplies its masked loss of modality i.
-  S is computed from the embeddings under stop_gradient: it weights the losses and is not a
-  path along which the model could lower a loss by moving embeddings apart. No parameter.
+- "code" (METHODS.md's reading of the released code, which this repository cannot
+  consult): per sample, C = the cosine matrix between the sample's present unimodal
+  embeddings, so C is computed, not learned, and needs no parameter; S = C ⊙ softmax(C)
+  (row softmax over the present modalities), rows L2-normalized; entries with a missing
+  modality are 0. S_ij multiplies the sample's pair-(i,j) logits (its row of x is scaled,
+  so as a query its logits are scaled; this goes through every `loss.impl`), and S_ii
+  multiplies its masked loss of modality i. S is computed under stop_gradient: it weights
+  the losses and is not a path along which the model could lower a loss by moving
+  embeddings apart. S_ij < 0 where cosines are negative, and then that sample's logits
+  change sign; the formula is kept as written.
 - "learned" (the paper's): a learned S (the model's `harmonization`, initialized at 0)
-  gives each task the weight w = 1 + S ⊙ softmax(S) (softmax over the row's tasks whose
-  modalities the model has). The "1 +" is this code's: the literal S ⊙ softmax(S) is 0 at
-  S = 0, which would give the model no gradient at all, and its gradient then pushes S
-  negative, i.e. towards maximizing the losses. With the 1, S = 0 is exactly "off".
+  gives each task the weight w = 1 + S ⊙ softmax(S), one softmax over all the tasks (the
+  upper triangle with the diagonal) whose modalities some row of the batch has; the others
+  get weight 0. The "1 +" is this code's: the literal S ⊙ softmax(S) is 0 at S = 0, which
+  would give the model no gradient at all, and its gradient then pushes S negative, i.e.
+  towards maximizing the losses. With the 1, S = 0 is exactly "off". S is trained by the
+  loss it weights, and nothing bounds w from below (if every S_t falls far below 0 the
+  largest weights approach their S_t), so a run should watch `harmonization_mean`.
 - "off": the plain sum of the pair losses, and of the masked terms.
 
-Every term's loss is logged (`loss_<a>_<b>`, `loss_<term>`), with its weight
-(`weight_<...>`: the mean over the rows that take part, for "code") and `harmonization_mean`.
+Every term's loss is logged as it enters the sum (`loss_<a>_<b>`, `loss_<term>`; with
+"code" that is the harmonized loss), with its weight (`weight_<...>`: with "code" the mean
+S entry over the rows that take part) and `harmonization_mean` (the mean of S over the
+entries that take part: per sample for "code", the raw parameter for "learned").
 """
 
 from __future__ import annotations
