@@ -26,6 +26,7 @@ import ml_collections
 
 from eclip_jax.objectives import clip
 from eclip_jax.objectives import eclip
+from eclip_jax.objectives import scale
 from eclip_jax.objectives.common import ObjectiveContext
 
 Objective = Callable[
@@ -55,6 +56,8 @@ register("instance_text", eclip.instance_text_objective, eclip.CONFIG_SECTION)
 register("instance_consistency", eclip.instance_consistency_objective, eclip.CONFIG_SECTION)
 register("selection_kl", eclip.selection_kl_objective, eclip.CONFIG_SECTION)
 register("query_diversity", eclip.query_diversity_objective, eclip.CONFIG_SECTION)
+register("scale_contrastive", scale.scale_contrastive_objective, scale.CONFIG_SECTION)
+register("scale_masked", scale.scale_masked_objective, scale.CONFIG_SECTION)
 
 
 def _registered(name: str) -> _Registered:
