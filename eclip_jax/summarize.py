@@ -8,6 +8,13 @@ drops the mean ± std row (to put different methods side by side, as `make demo`
 `--reading` adds a line per run with a grounding evaluation, reading its pointing accuracy
 against both references: "RUN finds the product in N% of photos vs center prior M% (box-area
 chance K%)".
+
+`--downstream` tabulates the downstream suite instead (each run's `downstream.json`, written
+by `--mode=eval`): runs named alike but for a `_seedN` suffix form one group, a row per task
+metric, a column per group and input (`--inputs`, default all three), mean ± std:
+
+  python -m eclip_jax.summarize --downstream --inputs=image+text workdirs/e_clip_seed* \
+      workdirs/clip_seed*
 Arguments that are files, not directories (a glob catching `RUN.log` beside `RUN/`), are
 skipped and named on stderr; a directory without `metrics.jsonl` is an error, and so is a
 metric no run has (a misspelt key would otherwise be a silent column of "–").
@@ -31,6 +38,10 @@ _METRICS = flags.DEFINE_list(
     "Metric keys to tabulate.")
 _AGGREGATE = flags.DEFINE_bool("aggregate", True, "End with a mean ± std row over the runs.")
 _READING = flags.DEFINE_bool("reading", False, "Read each run's pointing against its references.")
+_DOWNSTREAM = flags.DEFINE_bool(
+    "downstream", False, "Tabulate the runs' downstream.json (seed groups, mean ± std).")
+_INPUTS = flags.DEFINE_list(
+    "inputs", ["image", "text", "image+text"], "With --downstream: the inputs to show.")
 
 
 def final_metrics(workdir: str) -> dict[str, float]:
@@ -99,9 +110,30 @@ def run_workdirs(paths: Sequence[str]) -> list[str]:
   return workdirs
 
 
+def downstream_table(workdirs: Sequence[str], inputs: Sequence[str]) -> str:
+  """The downstream suite of the runs, seeds grouped (`downstream.aggregate`)."""
+  # Here, not at the top: the suite's module loads JAX and scikit-learn, which the metrics
+  # tables (what `make demo` prints) do not need.
+  from eclip_jax.evals import downstream  # pylint: disable=g-import-not-at-top
+
+  unknown = [kind for kind in inputs if kind not in downstream.INPUTS]
+  if unknown:
+    raise app.UsageError(f"--inputs: {unknown} are not of {list(downstream.INPUTS)}")
+  try:
+    groups = downstream.aggregate(workdirs)
+  except FileNotFoundError as error:
+    raise app.UsageError(str(error)) from error
+  seeds = ", ".join(f"{group} n={max(n for _, _, n in metrics.values())}"
+                    for group, metrics in groups.items())
+  return downstream.markdown_table(groups, inputs) + f"\nruns per group: {seeds}"
+
+
 def main(argv):
   try:
     workdirs = run_workdirs(argv[1:])
+    if _DOWNSTREAM.value:
+      print(downstream_table(workdirs, _INPUTS.value))
+      return
     print(table(workdirs, _METRICS.value, _AGGREGATE.value))
   except app.UsageError as error:
     cli.fail(error, cli.EXIT_USAGE)

@@ -10,11 +10,13 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from absl import app
 from sklearn import linear_model
 
 from eclip_jax import evals
 from eclip_jax import interop
 from eclip_jax import parallel
+from eclip_jax import summarize
 from eclip_jax.data import pipeline
 from eclip_jax.data import toyshop
 from eclip_jax.evals import downstream
@@ -150,24 +152,24 @@ def test_markdown_table():
   assert len(table) == 4  # counts are not table rows
 
 
-def test_aggregate_groups_seeds(tmp_path, capsys):
+def test_aggregate_groups_seeds_and_summarize_tabulates_them(tmp_path):
   for seed, value in enumerate((0.5, 0.7)):
     run = tmp_path / f"e_clip_seed{seed}"
     run.mkdir()
     (run / "downstream.json").write_text(json.dumps(
         interop.unflatten({"matching/image/roc_auc": value})))
-  table = downstream.aggregate([str(tmp_path / "e_clip_seed0"), str(tmp_path / "e_clip_seed1")])
-  mean, std, n = table["e_clip"]["matching/image/roc_auc"]
+  runs = [str(tmp_path / "e_clip_seed0"), str(tmp_path / "e_clip_seed1")]
+  mean, std, n = downstream.aggregate(runs)["e_clip"]["matching/image/roc_auc"]
   assert (mean, n) == (pytest.approx(0.6), 2) and std == pytest.approx(np.std([0.5, 0.7], ddof=1))
-  downstream.main([str(tmp_path / "e_clip_seed0"), str(tmp_path / "e_clip_seed1")])
-  assert "| matching roc_auc | 0.600 ± 0.141 | – | – |" in capsys.readouterr().out
-  downstream.main(["--inputs=image", str(tmp_path / "e_clip_seed0")])
-  assert capsys.readouterr().out.splitlines()[:3] == [
-      "| metric | e_clip image |", "|---|---|", "| matching roc_auc | 0.500 |"]
-  with pytest.raises(SystemExit, match=re.escape("error: inputs ['photo'] are not of")):
-    downstream.main(["--inputs=photo", str(tmp_path / "e_clip_seed0")])
-  with pytest.raises(SystemExit, match="error: .*downstream.json does not exist"):
-    downstream.main([str(tmp_path)])
+  assert "| matching roc_auc | 0.600 ± 0.141 | – | – |" in summarize.downstream_table(
+      runs, downstream.INPUTS)
+  assert summarize.downstream_table(runs[:1], ["image"]).splitlines() == [
+      "| metric | e_clip image |", "|---|---|", "| matching roc_auc | 0.500 |", "",
+      "runs per group: e_clip n=1"]
+  with pytest.raises(app.UsageError, match=re.escape("--inputs: ['photo'] are not of")):
+    summarize.downstream_table(runs, ["photo"])
+  with pytest.raises(app.UsageError, match="downstream.json does not exist"):
+    summarize.downstream_table([str(tmp_path)], ["image"])
 
 
 # ---------------------------------------------------------------------------------------

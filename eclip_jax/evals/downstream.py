@@ -36,9 +36,9 @@ exceeds 0.5.
 
 The metrics go to the trainer (`eval/<name>/...`), and, when the evaluator has a workdir,
 to `WORKDIR/<name>.json` (nested: task -> input -> metric) and `WORKDIR/<name>.md` (a table,
-inputs as columns). Several runs side by side, mean ± std over seeds:
+inputs as columns). Several runs side by side, mean ± std over seeds (`aggregate`):
 
-  python -m eclip_jax.evals.downstream [--inputs=image+text] workdirs/e_clip_seed* \
+  python -m eclip_jax.summarize --downstream [--inputs=image+text] workdirs/e_clip_seed* \
       workdirs/clip_seed*
 
 Config entry (`config.evals.<name>`): `type="downstream"`, `split="validation"` (the
@@ -57,7 +57,6 @@ import collections
 import functools
 import json
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -463,31 +462,3 @@ def aggregate(workdirs: Sequence[str], name: str = "downstream") -> dict[str, di
       table[group][key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1
                            else 0.0, len(values))
   return table
-
-
-_USAGE = ("usage: python -m eclip_jax.evals.downstream [--inputs=image,text,image+text] "
-          "WORKDIR [WORKDIR ...]")
-
-
-def main(argv: Sequence[str]) -> None:
-  """python -m eclip_jax.evals.downstream [--inputs=...] WORKDIR [WORKDIR ...]: the table,
-  mean ± std over each run's seeds, columns for the chosen inputs (default all three)."""
-  inputs = INPUTS
-  workdirs = [a for a in argv if not a.startswith("--inputs=")]
-  for arg in argv:
-    if arg.startswith("--inputs="):
-      inputs = tuple(arg.removeprefix("--inputs=").split(","))
-  unknown = [kind for kind in inputs if kind not in INPUTS]
-  if unknown or not workdirs or any(a.startswith("-") for a in workdirs):
-    sys.exit(f"error: inputs {unknown} are not of {list(INPUTS)}" if unknown else _USAGE)
-  try:
-    table = aggregate(workdirs)
-  except (FileNotFoundError, json.JSONDecodeError) as error:
-    sys.exit(f"error: {error}")
-  print(markdown_table(table, inputs), end="")
-  print("\nseeds per run: " + ", ".join(
-      f"{group} {max(n for _, _, n in metrics.values())}" for group, metrics in table.items()))
-
-
-if __name__ == "__main__":
-  main(sys.argv[1:])
