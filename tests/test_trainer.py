@@ -268,8 +268,8 @@ def test_stock_evaluators_use_the_held_out_split_a_manifest_has(manifest_data, c
     evaluators = evals_lib.build_evaluators(
         config.evals, input_config=config.input, apply_fn=None, mesh=mesh)
   assert {name: e.data.split for name, e in evaluators.items()} == dict.fromkeys(
-      ["retrieval", "zeroshot", "product_retrieval", "grounding"], "validation")
-  for name in ("product_retrieval", "grounding"):
+      ["retrieval", "zeroshot", "product_retrieval", "grounding", "downstream"], "validation")
+  for name in ("product_retrieval", "grounding", "downstream"):
     assert (f"config.evals.{name}.split='test' is not a split of product_manifest/held_out; "
             "evaluating on its 'validation' split instead.") in caplog.text
 
@@ -284,6 +284,13 @@ def test_evaluators_without_a_split_are_reported_in_one_message(manifest_data):
       "--config.evals.retrieval.split=train --config.evals.zeroshot.split=train, or "
       "give the dataset a held-out split (manifest lines with \"split\": \"validation\").")):
     trainer.validate_config(config, parallel.make_mesh({"data": 8}))
+  # The downstream suite, which training skips, is left out of that message (its own says
+  # what it lacks when --mode=eval builds it).
+  config.evals.downstream.split = "train"
+  with pytest.raises(ValueError, match=re.escape(
+      "config.evals.downstream: the probes would train on the split they are scored on")):
+    evals_lib.build_evaluators(config.evals, input_config=config.input, apply_fn=None,
+                               mesh=parallel.make_mesh({"data": 8}))
 
 
 def test_a_batch_larger_than_the_train_split_warns(manifest_data, caplog):

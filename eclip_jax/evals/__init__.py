@@ -50,6 +50,19 @@ EVALUATORS: dict[str, type[Evaluator]] = {
 }
 
 
+def runs_in_training(entry: ml_collections.ConfigDict) -> bool:
+  """Whether training runs the entry (its `in_training` field, else its type's default)."""
+  evaluator = EVALUATORS.get(entry.get("type"))
+  defaults = {**common.COMMON_DEFAULTS, **(evaluator.DEFAULTS if evaluator else {})}
+  return bool(entry.get("in_training", defaults["in_training"]))
+
+
+def training_entries(evals_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The entries of `evals_config` that training runs."""
+  return ml_collections.ConfigDict(
+      {name: entry for name, entry in evals_config.items() if runs_in_training(entry)})
+
+
 def build_evaluators(
     evals_config: ml_collections.ConfigDict,
     *,
@@ -70,8 +83,7 @@ def build_evaluators(
       raise ValueError(
           f"config.evals.{name}.type={kind!r} is unknown; known types: {sorted(EVALUATORS)}"
       )
-    defaults = {**common.COMMON_DEFAULTS, **EVALUATORS[kind].DEFAULTS}
-    if in_training and not entry.get("in_training", defaults["in_training"]):
+    if in_training and not runs_in_training(entry):
       continue
     evaluators[name] = EVALUATORS[kind](
         name, entry, input_config=input_config, apply_fn=apply_fn, mesh=mesh,
