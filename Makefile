@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/input_pipeline.py
 	$(PY) benchmarks/contrastive_memory.py
 	$(PY) benchmarks/eclip_step.py
+	$(PY) benchmarks/scale_step.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

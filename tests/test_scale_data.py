@@ -329,6 +329,28 @@ def test_feature_masks_hide_15_percent_of_the_present_positions(masked_examples,
   assert abs(masked / present - 0.15) < 0.01, masked / present
 
 
+def test_image_patches_are_masked_15_percent_seeded_and_none_in_evaluation(tokenizer):
+  transform = _transform(tokenizer, modalities=("image", "text"), image_size=16, masking=True,
+                         mask_patch_size=4)
+  assert transform.example_spec()["image_mlm_mask"] == transforms.ArraySpec(
+      (16,), np.dtype(bool))
+  record = _record()
+  masks = np.stack([transform(record, np.random.default_rng(i))["image_mlm_mask"]
+                    for i in range(800)])
+  assert abs(masks.mean() - 0.15) < 0.01, masks.mean()
+  assert abs(masks[:, 0].mean() - masks[:, -1].mean()) < 0.06  # any patch alike
+  np.testing.assert_array_equal(
+      transform(record, np.random.default_rng(3))["image_mlm_mask"], masks[3])
+  assert not transform(record)["image_mlm_mask"].any()
+  # The pixels stay: they are the regression targets.
+  np.testing.assert_array_equal(transform(record, np.random.default_rng(3))["image"],
+                                _transform(tokenizer, modalities=("image", "text"),
+                                           image_size=16)(record, np.random.default_rng(3))
+                                ["image"])
+  with pytest.raises(ValueError, match="input.mask_patch_size=5 must divide input.image_size"):
+    _transform(tokenizer, modalities=("image",), image_size=16, masking=True, mask_patch_size=5)
+
+
 def test_masks_are_seeded_and_absent_in_evaluation(masked_examples):
   transform, records, examples = masked_examples
   keys = [k for k in transform.example_spec() if "mlm" in k or k.endswith("_masked")]
@@ -360,7 +382,8 @@ def test_examples_match_their_spec_and_existing_keys_stay_as_they_were(tokenizer
   new = transforms.ExampleTransform(tokenizer, modalities=tuple(transforms.MODALITIES),
                                     image_size=16, table_entities=True, audio_mel_frames=20)
   masked = transforms.ExampleTransform(tokenizer, modalities=tuple(transforms.MODALITIES),
-                                       image_size=16, masking=True, audio_mel_frames=20)
+                                       image_size=16, masking=True, audio_mel_frames=20,
+                                       mask_patch_size=4)
   for rng_seed in (None, 7):
     rng = lambda: None if rng_seed is None else np.random.default_rng(rng_seed)  # noqa: E731
     before, after = old(record, rng()), new(record, rng())
@@ -413,3 +436,103 @@ def test_the_train_pipeline_masks_the_same_way_after_a_resume(tiny_input_config)
   for key in ("text_tokens_masked", "text_mlm_targets", "table_mlm_targets",
               "audio_mel_mlm_mask"):
     np.testing.assert_array_equal(again[key], second[key], err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------
+# Missing modalities: simulated in training, or only complete examples kept.
+# ---------------------------------------------------------------------------------------
+
+WITH_PIXELS = ("image", "text", "table", "audio_mel", "regions", "video_feats")
+
+
+def _records_with_ids(count):
+  records = []
+  for i in range(count):
+    record = _random_record(np.random.default_rng(2000 + i))
+    record["product_index"] = i
+    records.append(record)
+  return records
+
+
+def test_simulated_missing_removes_a_proper_subset_from_the_same_share_of_records(tokenizer):
+  full = _transform(tokenizer, modalities=WITH_PIXELS, image_size=16, masking=True,
+                    mask_patch_size=4)
+  transform = _transform(tokenizer, modalities=WITH_PIXELS, image_size=16, masking=True,
+                         mask_patch_size=4, simulate_missing=0.3)
+  assert transform.example_spec()["image_present"] == transforms.ArraySpec((), np.dtype(bool))
+  eligible = changed = 0
+  for i, record in enumerate(_records_with_ids(600)):
+    base, example = full(record, np.random.default_rng(i)), transform(
+        record, np.random.default_rng(i))
+    # Without the knob no example says whether it has its image: every record has one.
+    present = ["image", *transforms.present_modalities(base)]
+    kept = transforms.present_modalities(example)
+    # Per record, not per draw: another seed (epoch, run) takes the same modalities.
+    assert transforms.present_modalities(transform(record, np.random.default_rng(i + 7))) == kept
+    assert set(kept) <= set(present) and kept
+    eligible += len(present) >= 2
+    if kept != present:
+      changed += 1
+      assert len(kept) < len(present)
+    for name in set(present) - set(kept):
+      for key in transforms.MODALITIES[name].masks:
+        assert key not in example or not example[key].any(), key
+      for key in transforms.MODALITIES[name].targets:
+        assert key not in example or (example[key] == -1).all(), key
+    for key, value in base.items():  # what stays is drawn exactly as without the knob
+      if not any(key in transforms.MODALITIES[n].masks + transforms.MODALITIES[n].targets
+                 for n in set(present) - set(kept)):
+        np.testing.assert_array_equal(example[key], value, err_msg=key)
+    evaluated = transform(record)  # evaluation sees every modality
+    assert transforms.present_modalities(evaluated) == [
+        "image", *transforms.present_modalities(full(record))]
+  assert abs(changed / eligible - 0.3) < 0.06, changed / eligible
+
+
+def test_complete_only_skips_the_incomplete_training_records_as_incomplete(tokenizer):
+  simulated = _transform(tokenizer, simulate_missing=0.5)
+  transform = _transform(tokenizer, simulate_missing=0.5, complete_only=True)
+  incomplete = transforms.SKIP_REASONS.index("incomplete")
+  records = _records_with_ids(200)
+  skipped = 0
+  for i, record in enumerate(records):
+    example = transform(record, np.random.default_rng(i))
+    is_complete = len(transforms.present_modalities(
+        simulated(record, np.random.default_rng(i)))) == len(SCALE_MODALITIES)
+    assert (transforms.SKIP_KEY not in example) == is_complete
+    if not is_complete:
+      assert example[transforms.SKIP_KEY] == incomplete
+      skipped += 1
+    assert transforms.SKIP_KEY not in transform(record)  # never in evaluation
+  assert 0 < skipped < len(records)
+  # A record that lacks a modality of its own (no region features) is incomplete too.
+  record = _record(region_feats=np.zeros((0, 2048), np.float16),
+                   region_boxes=np.zeros((0, 5), np.float32),
+                   frame_feats=np.ones((3, 1024), np.float16), mel=np.ones((80, 9), np.float16))
+  only_complete = _transform(tokenizer, complete_only=True)
+  assert only_complete(record, np.random.default_rng(0))[transforms.SKIP_KEY] == incomplete
+
+
+def test_simulate_missing_rejects_shares_outside_0_1_and_multi_view(tokenizer):
+  with pytest.raises(ValueError, match=r"input.simulate_missing=1.5 is a share"):
+    _transform(tokenizer, simulate_missing=1.5)
+  with pytest.raises(ValueError, match="set input.num_views=1"):
+    _transform(tokenizer, modalities=("image", "text"), num_views=2, complete_only=True)
+
+
+def test_the_train_pipeline_counts_incomplete_skips_and_resumes_them(tiny_input_config):
+  tiny_input_config.modalities = ("image", "text", "table", "audio_mel")
+  tiny_input_config.audio_mel_frames = 16
+  tiny_input_config.simulate_missing = 0.5
+  tiny_input_config.complete_only = True
+  iterator = pipeline.make_train_iterator(tiny_input_config, seed=0)
+  for _ in range(3):
+    batch = next(iterator)
+    assert batch["image_present"].all() and batch["table_mask"].any(axis=1).all()
+  stats = iterator.stats
+  assert stats["skipped/incomplete"] > 0
+  assert sum(stats.values()) == stats["skipped/incomplete"]
+  state = iterator.get_state()
+  resumed = pipeline.make_train_iterator(tiny_input_config, seed=0)
+  resumed.set_state(state)
+  assert resumed.stats == stats

@@ -15,6 +15,7 @@ from eclip_jax import trainer
 from eclip_jax.data import pipeline
 from eclip_jax.metrics import transformer_flops
 from eclip_jax.models import scale
+from eclip_jax.models import vit
 
 VOCAB, EMBED_DIM, BATCH = 40, 8, 4
 TEXT_LEN, TABLE_LEN, IMAGE_SIZE, FRAMES, FRAME_SIZE = 6, 8, 16, 3, 8
@@ -110,8 +111,11 @@ def test_outputs_of_all_five_modalities(setup):
   per_modality = {f"{p}{m}{s}" for m in scale.MODALITIES
                   for p, s in (("", "_emb"), ("", "_present"), ("fused_", "_emb"))}
   heads = {"text_mlm_logits", "table_mlm_logits", "audio_mel_pred"}
-  heads |= {"region_pred", "frame_pred"} if kind == "features" else set()
-  assert set(out) == per_modality | heads | {"fused_emb", "logit_scale", "logit_bias"}
+  heads |= {"region_pred", "frame_pred"} if kind == "features" else {"image_patch_pred"}
+  assert set(out) == per_modality | heads | {"fused_emb", "logit_scale", "logit_bias",
+                                            "harmonization"}
+  np.testing.assert_array_equal(out["harmonization"],
+                                variables["params"]["harmonization"]["harmonization"])
   for m in scale.MODALITIES:
     for key in (f"{m}_emb", f"fused_{m}_emb"):
       assert out[key].shape == (BATCH, EMBED_DIM) and out[key].dtype == jnp.float32, key
@@ -126,6 +130,8 @@ def test_outputs_of_all_five_modalities(setup):
   if kind == "features":
     assert out["region_pred"].shape == (BATCH, REGIONS, 2048)
     assert out["frame_pred"].shape == (BATCH, FRAMES, 1024)
+  else:  # one prediction per 8x8 patch of the 16-pixel image
+    assert out["image_patch_pred"].shape == (BATCH, 4, 8 * 8 * 3)
   assert out["logit_scale"].shape == ()
   np.testing.assert_allclose(out["logit_scale"], np.exp(variables["params"]["logit_scale"]),
                              rtol=1e-6)
@@ -202,7 +208,8 @@ def test_padding_changes_no_output(setup):
 
 def test_masked_modeling_inputs_replace_the_clean_ones(setup):
   """With `*_tokens_masked` the text towers read those; under `*_mlm_mask` the regions,
-  frames and mel frames are read as zeros (they stay the regression targets)."""
+  frames, mel frames and image patches are read as zeros (they stay the regression
+  targets)."""
   kind, _, batch, variables, apply = setup
   rng = np.random.default_rng(3)
   masked, want_batch = dict(batch), dict(batch)
@@ -216,16 +223,40 @@ def test_masked_modeling_inputs_replace_the_clean_ones(setup):
   for key, mlm_key in hidden.items():
     masked[mlm_key] = rng.random(batch[key].shape[:2]) < 0.3
     want_batch[key] = np.where(masked[mlm_key][..., None], 0.0, batch[key]).astype(np.float32)
+  if kind == "raw":  # the 16-pixel image's four 8x8 patches, row-major
+    masked["image_mlm_mask"] = np.array([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0],
+                                         [1, 1, 1, 1]], bool)
+    pixels = batch["image"].copy()
+    for row, patches in enumerate(masked["image_mlm_mask"]):
+      for index in np.flatnonzero(patches):
+        r, c = divmod(index, 2)
+        pixels[row, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = 0.0
+    want_batch["image"] = pixels
   _assert_same_outputs(apply(variables, masked), apply(variables, want_batch))
   assert np.abs(apply(variables, masked)["text_emb"] - apply(variables, batch)["text_emb"]
                 ).max() > 1e-3
+
+
+def test_patchify_flattens_row_major_patches_and_hide_patches_zeroes_them():
+  images = np.random.default_rng(0).normal(size=(2, 6, 9, 3)).astype(np.float32)
+  patches = np.asarray(vit.patchify(jnp.asarray(images), 3))
+  assert patches.shape == (2, 6, 27)
+  for r in range(2):
+    for c in range(3):
+      np.testing.assert_array_equal(patches[:, 3 * r + c],
+                                    images[:, 3 * r:3 * r + 3, 3 * c:3 * c + 3].reshape(2, -1))
+  hidden = np.zeros((2, 6), bool)
+  hidden[0, 4] = hidden[1, 0] = True
+  kept = np.asarray(vit.hide_patches(jnp.asarray(images), jnp.asarray(hidden), 3))
+  np.testing.assert_array_equal(np.asarray(vit.patchify(jnp.asarray(kept), 3)),
+                                np.where(hidden[..., None], 0.0, patches))
 
 
 def test_runs_only_the_modalities_the_batch_holds(setup):
   _, _, batch, variables, apply = setup
   texts = apply(variables, {k: batch[k] for k in ("text_tokens", "text_mask")})
   assert set(texts) == {"text_emb", "text_present", "fused_text_emb", "fused_emb",
-                        "text_mlm_logits", "logit_scale", "logit_bias"}
+                        "text_mlm_logits", "logit_scale", "logit_bias", "harmonization"}
   # Before fusion, a modality's embedding is its encoder's alone.
   np.testing.assert_allclose(texts["text_emb"], apply(variables, batch)["text_emb"], atol=1e-6)
 

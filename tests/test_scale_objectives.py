@@ -3,6 +3,7 @@ device; self-harmonization's properties; missing modalities contribute nothing."
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,7 +19,9 @@ from eclip_jax.objectives.common import ObjectiveContext
 BATCH, DIM, VOCAB = 16, 8, 13  # 2 rows per device on 8 devices
 M = len(scale.MODALITIES)
 HEADS = {"text_mlm_logits": (6, VOCAB), "table_mlm_logits": (5, VOCAB), "region_pred": (4, 6),
-         "frame_pred": (3, 5), "audio_mel_pred": (7, 4)}
+         "frame_pred": (3, 5), "audio_mel_pred": (7, 4),
+         "image_patch_pred": (4, 2 * 2 * 3)}  # a 4x4 image in 2x2 patches
+IMAGE_SIZE, PATCH = 4, 2
 
 
 def _mesh(devices):
@@ -63,16 +66,26 @@ def _example(seed=0):
                                "audio_mel_pred": ("audio_mel", "audio_mel_mlm_mask")}.items():
     batch[target] = rng.normal(size=outputs[head].shape).astype(np.float32)
     batch[mask] = rng.uniform(size=outputs[head].shape[:2]) < 0.4
+  batch["image"] = rng.normal(size=(BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+  batch["image_mlm_mask"] = rng.uniform(size=outputs["image_patch_pred"].shape[:2]) < 0.4
   return outputs, batch
 
 
-def _ctx(mesh, harmonize, positives="pair", impl="gather", temperature=0.07):
+def _ref_patches(images):
+  """[B, P, p*p*3]: patch (row r, column c) at index r * grid + c, flattened row by row."""
+  grid = IMAGE_SIZE // PATCH
+  return np.stack([images[:, r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH].reshape(
+      len(images), -1) for r in range(grid) for c in range(grid)], axis=1)
+
+
+def _ctx(mesh, harmonize, positives="pair", impl="gather", temperature=0.07,
+         norm_targets=False):
   return ObjectiveContext(
       mesh=mesh,
       loss_config=ml_collections.ConfigDict(
           {"kind": "softmax", "impl": impl, "positives": positives, "tile": None}),
       method_config=ml_collections.ConfigDict(
-          {"harmonize": harmonize, "temperature": temperature}))
+          {"harmonize": harmonize, "temperature": temperature, "norm_targets": norm_targets}))
 
 
 def _place(tree, mesh):
@@ -154,7 +167,7 @@ def _ref_contrastive(outputs, batch, harmonize, positives):
   return losses, total
 
 
-def _ref_masked(outputs, batch, harmonize):
+def _ref_masked(outputs, batch, harmonize, norm_targets=False):
   code = _ref_code_harmonization(outputs)
   taking_part = np.array([outputs[f"{m}_present"].any() for m in scale.MODALITIES])
   learned = _ref_learned_weights(outputs["harmonization"], taking_part)
@@ -172,7 +185,13 @@ def _ref_masked(outputs, batch, harmonize):
       values = -np.take_along_axis(log_probs, np.maximum(targets, 0)[..., None], -1)[..., 0]
     else:
       masked = batch[mask_key] & present[:, None]
-      values = np.mean((prediction - batch[target_key]) ** 2, axis=-1)
+      targets = batch[target_key].astype(np.float64)
+      if name == "image_patch":
+        targets = _ref_patches(targets)
+      if norm_targets:
+        targets = ((targets - targets.mean(-1, keepdims=True))
+                   / np.sqrt(targets.var(-1, keepdims=True) + 1e-6))
+      values = np.mean((prediction - targets) ** 2, axis=-1)
     loss = np.sum((values * weights[:, None])[masked]) / max(masked.sum(), 1)
     losses[name] = loss
     total += (learned[i, i] if harmonize == "learned" else 1.0) * loss
@@ -200,12 +219,16 @@ def test_contrastive_matches_float64_reference_on_8_and_1_devices(harmonize, pos
   assert len(ref_losses) == 10
 
 
-@pytest.mark.parametrize("harmonize", scale.HARMONIZE)
-def test_masked_matches_float64_reference_on_8_and_1_devices(harmonize):
+@pytest.mark.parametrize("harmonize, norm_targets", [
+    ("code", False), ("learned", False), ("off", False), ("code", True)])
+def test_masked_matches_float64_reference_on_8_and_1_devices(harmonize, norm_targets):
   outputs, batch = _example(seed=1)
-  ref_losses, ref_total = _ref_masked(outputs, batch, harmonize)
-  results = [_run(scale.scale_masked_objective, outputs, batch, _ctx(_mesh(n), harmonize))
-             for n in (8, 1)]
+  if norm_targets:  # features with an offset and scale of their own, as log-mel values have
+    for key in ("region_feats", "frame_feats", "audio_mel", "image"):
+      batch[key] = (3.0 * batch[key] - 8.0).astype(np.float32)
+  ref_losses, ref_total = _ref_masked(outputs, batch, harmonize, norm_targets)
+  results = [_run(scale.scale_masked_objective, outputs, batch,
+                  _ctx(_mesh(n), harmonize, norm_targets=norm_targets)) for n in (8, 1)]
   for loss, metrics in results:
     np.testing.assert_allclose(loss, ref_total, rtol=1e-5)
     for name, ref in ref_losses.items():
@@ -218,7 +241,7 @@ def test_absent_heads_and_targets_are_skipped():
   del outputs["frame_pred"], batch["audio_mel_mlm_mask"]
   _, metrics = _run(scale.scale_masked_objective, outputs, batch, _ctx(_mesh(8), "off"))
   assert {k for k in metrics if k.startswith("loss_")} == {
-      "loss_text_mlm", "loss_table_mlm", "loss_region"}
+      "loss_text_mlm", "loss_table_mlm", "loss_region", "loss_image_patch"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +290,7 @@ def test_learned_weights_start_as_off_and_drop_missing_modalities():
 
 
 def test_harmonization_weights_module_is_a_zero_matrix_param():
-  variables = scale.HarmonizationWeights().init(jax.random.PRNGKey(0))
+  variables = nn.unbox(scale.HarmonizationWeights().init(jax.random.PRNGKey(0)))
   assert variables["params"]["harmonization"].shape == (M, M)
   assert np.all(scale.HarmonizationWeights().apply(variables) == 0.0)
 
@@ -276,7 +299,7 @@ def test_registered_with_the_scale_section():
   for name in ("scale_contrastive", "scale_masked"):
     assert objectives.config_section(name) == scale.CONFIG_SECTION == "scale"
   assert objectives.get_objective("scale_masked") is scale.scale_masked_objective
-  assert set(scale.default_config()) == {"harmonize", "temperature"}
+  assert set(scale.default_config()) == {"harmonize", "temperature", "norm_targets"}
 
 
 # ---------------------------------------------------------------------------------------------

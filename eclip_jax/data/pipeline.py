@@ -103,6 +103,16 @@ def default_input_config() -> ml_collections.ConfigDict:
       # table_mlm_targets, region_mlm_mask, frame_mlm_mask, audio_mel_mlm_mask.
       "masking": False,
       "mask_prob": 0.15,
+      # With masking, whole patches of this many pixels a side are hidden from the image for
+      # masked-patch regression (image_mlm_mask); the image encoder's patch size. 0: none.
+      "mask_patch_size": 0,
+      # Incomplete training examples (SCALE's missing modalities; evaluation sees every
+      # modality): this share of the training records loses a random non-empty proper
+      # subset of its modalities, the same records in every epoch and run (`image_present`
+      # then says which examples have their image); `complete_only` skips every training
+      # example that lacks one of `modalities` (counted as skipped/incomplete).
+      "simulate_missing": 0.0,
+      "complete_only": False,
   })
 
 
@@ -191,6 +201,9 @@ def make_transform(
       table_entities=input_config.table_entities,
       masking=input_config.masking,
       mask_prob=input_config.mask_prob,
+      mask_patch_size=input_config.mask_patch_size,
+      simulate_missing=input_config.simulate_missing,
+      complete_only=input_config.complete_only,
   )
 
 
@@ -331,6 +344,11 @@ class _DropSkippedIterator(grain.DatasetIterator):
     self._parent.set_state(state)
 
 
+# Skips that are not the data's fault (input.complete_only's "incomplete") are counted but
+# not warned about: they are what the config asked for.
+_BAD_RECORD_REASONS = np.array([reason != "incomplete" for reason in transforms.SKIP_REASONS])
+
+
 class SkipCountingIterator(grain.DatasetIterator):
   """Removes the per-example skip tallies from batches and keeps running totals.
 
@@ -345,8 +363,8 @@ class SkipCountingIterator(grain.DatasetIterator):
     batch = next(self._parent)
     newly_skipped = np.asarray(batch.pop(transforms.SKIPPED_KEY)).reshape(
         -1, len(transforms.SKIP_REASONS)).sum(axis=0)
-    if newly_skipped.any():
-      self._skipped += newly_skipped
+    self._skipped += newly_skipped
+    if newly_skipped[_BAD_RECORD_REASONS].any():
       logging.warning("input pipeline skipped bad records; totals so far: %s", self.stats)
     return batch
 

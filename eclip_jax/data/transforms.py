@@ -34,8 +34,9 @@ tokens get BERT's 80/10/10 corruption (`text_tokens_masked`, `text_mlm_targets`:
 original token where masked, -1 elsewhere); of the table's tokens, whole entities (a key or
 a value) are chosen until that share is reached (`table_tokens_masked`,
 `table_mlm_targets`, 80/10/10 per entity); of the present regions, frames and mel frames,
-`region_mlm_mask`, `frame_mlm_mask`, `audio_mel_mlm_mask` say which to hide (the features
-stay as they are: they are the regression targets; the model replaces the hidden inputs).
+and (with `input.mask_patch_size`) of the image's patches, `region_mlm_mask`,
+`frame_mlm_mask`, `audio_mel_mlm_mask`, `image_mlm_mask` say which to hide (the features and
+pixels stay as they are: they are the regression targets; the model hides the inputs).
 [MASK] is `tokenizer.MASK_ID`; random replacements are uniform over the content pieces.
 """
 
@@ -58,7 +59,7 @@ from eclip_jax.data import tokenizer as tokenizer_lib
 SKIP_KEY = "_skip"
 # Append only: iterator states store counts by position.
 SKIP_REASONS = ("empty_title", "no_images", "undecodable_image", "undecodable_video", "bad_audio",
-                "short_title", "non_text_title")
+                "short_title", "non_text_title", "incomplete")
 SKIPPED_KEY = "_skipped"  # per-example tally of records skipped before it, [len(SKIP_REASONS)]
 
 PixelBox = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
@@ -220,12 +221,17 @@ class Modality:
       example's seeded generator in training (augmentation, masks for masked modeling: drawn
       here, they are reproducible and resume exactly) and None in evaluation. Raises
       `SkipRecord` on a record it cannot use.
+    masks: the bool keys that say which of its positions exist, the first one deciding
+      whether the example has the modality at all (any True); all False = missing.
+    targets: its masked-modeling target keys whose -1 means "nothing to predict".
   """
 
   fields: tuple[str, ...]
   spec: Callable[[ExampleTransform], dict[str, ArraySpec]]
   apply: Callable[[ExampleTransform, Mapping[str, Any], np.random.Generator | None],
                   dict[str, np.ndarray]]
+  masks: tuple[str, ...] = ()
+  targets: tuple[str, ...] = ()
 
 
 MODALITIES: dict[str, Modality] = {}
@@ -250,6 +256,31 @@ LABEL_FIELDS = ("product_index", "catalog_index", "category", "restricted")
 
 def _spec(**keys: tuple[tuple[int, ...], Any]) -> dict[str, ArraySpec]:
   return {key: ArraySpec(tuple(shape), np.dtype(dtype)) for key, (shape, dtype) in keys.items()}
+
+
+_MISSING_SALT = 0x5CA1E  # seeds simulate_missing's per-record draw, apart from other draws
+
+
+def present_modalities(example: Mapping[str, np.ndarray]) -> list[str]:
+  """The registered modalities `example` has (in registry order): those of its modalities
+  whose first mask key exists and holds a True."""
+  return [name for name, modality in MODALITIES.items()
+          if modality.masks and modality.masks[0] in example
+          and np.any(example[modality.masks[0]])]
+
+
+def remove_modalities(example: dict[str, np.ndarray], names: Sequence[str]) -> None:
+  """Makes `example` lack the modalities `names`, in place: their masks all False and their
+  masked-modeling targets -1 (what a record without them gives; the values stay, and the
+  models read no position whose mask is False)."""
+  for name in names:
+    modality = MODALITIES[name]
+    for key in modality.masks:
+      if key in example:
+        example[key] = np.zeros_like(example[key])
+    for key in modality.targets:
+      if key in example:
+        example[key] = np.full_like(example[key], -1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,6 +330,15 @@ class ExampleTransform:
   table_entities: bool = False  # add table_entity / table_is_value (masking implies it)
   masking: bool = False  # draw masked-modeling masks in training
   mask_prob: float = 0.15
+  # With masking: hide whole `mask_patch_size`-pixel patches of the (one-view) image for
+  # masked-patch regression (the image encoder's patch size); 0 hides no pixels.
+  mask_patch_size: int = 0
+  # Incomplete training examples (SCALE): `simulate_missing` of them lose a random non-empty
+  # proper subset of their modalities, chosen per record (the same in every epoch and run);
+  # `complete_only` skips every training example that lacks a modality (`incomplete`).
+  # Evaluation sees every modality of every record.
+  simulate_missing: float = 0.0
+  complete_only: bool = False
 
   def __post_init__(self):
     for field in ("audio_mel_frames", "max_regions", "video_feat_frames"):
@@ -311,6 +351,16 @@ class ExampleTransform:
     if unknown:
       raise ValueError(f"input.modalities has unknown {sorted(unknown)}; known: "
                        f"{tuple(MODALITIES)}")
+    if self.mask_patch_size and (self.mask_patch_size < 0
+                                 or self.image_size % self.mask_patch_size):
+      raise ValueError(f"input.mask_patch_size={self.mask_patch_size!r} must divide "
+                       f"input.image_size={self.image_size} (use the ViT's patch size).")
+    if not 0 <= self.simulate_missing <= 1:
+      raise ValueError(f"input.simulate_missing={self.simulate_missing!r} is a share of the "
+                       "training examples: set it in [0, 1].")
+    if (self.simulate_missing or self.complete_only) and self.num_views > 1:
+      raise ValueError("input.simulate_missing and input.complete_only work with one image "
+                       "per example; set input.num_views=1.")
     self._normalize = text_lib.get_normalizer(self.text_normalizer)
     self._clean_title = text_lib.title_cleaner(tuple(self.title_cleaning),
                                                tuple(self.promo_phrases))
@@ -359,7 +409,23 @@ class ExampleTransform:
     for name, modality in MODALITIES.items():
       if name in self.modalities:
         example.update(modality.apply(self, record, rng))
+    if rng is not None and self.simulate_missing:
+      remove_modalities(example, self._simulated_missing(record, example))
+    if rng is not None and self.complete_only and len(present_modalities(example)) < len(
+        self.modalities):
+      raise SkipRecord("incomplete")
     return example
+
+  def _simulated_missing(self, record, example) -> list[str]:
+    """The modalities `simulate_missing` takes from this record: none for 1 - p of records,
+    else k of its n present ones, k uniform in 1..n-1. Drawn from the record's own index
+    (not the training rng), so a record is incomplete in every epoch, seed and arm alike."""
+    rng = np.random.default_rng((_MISSING_SALT, int(record["product_index"])))
+    present = present_modalities(example)
+    if len(present) < 2 or rng.random() >= self.simulate_missing:
+      return []
+    count = int(rng.integers(1, len(present)))
+    return [present[i] for i in sorted(rng.permutation(len(present))[:count])]
 
   def normalize(self, text: str) -> str:
     """`input.text_normalizer` applied to `text`."""
@@ -433,7 +499,13 @@ def _images(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
     view_boxes.append(box)
     view_box_mask.append(visible)
   if transform.num_views == 1:
-    return {"image": views[0], "box": view_boxes[0], "box_mask": np.bool_(view_box_mask[0])}
+    example = {"image": views[0], "box": view_boxes[0], "box_mask": np.bool_(view_box_mask[0])}
+    if _image_presence(transform):
+      example["image_present"] = np.bool_(True)
+    if _masks_patches(transform):
+      example["image_mlm_mask"] = _masked_positions(
+          transform, np.ones(_num_patches(transform), np.bool_), rng)
+    return example
   # A view is new when it shows an image no earlier view showed (`_view_indices` takes
   # distinct images first): repeats are fine for training, but not gallery items.
   new_view = np.arange(transform.num_views) < len(encoded)
@@ -444,9 +516,30 @@ def _images(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
 def _images_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
   pixels, views = (transform.image_size, transform.image_size, 3), transform.num_views
   if views == 1:
-    return _spec(image=(pixels, np.float32), box=((4,), np.float32), box_mask=((), np.bool_))
+    spec = _spec(image=(pixels, np.float32), box=((4,), np.float32), box_mask=((), np.bool_))
+    if _image_presence(transform):
+      spec.update(_spec(image_present=((), np.bool_)))
+    if _masks_patches(transform):
+      spec.update(_spec(**_mlm_mask_spec(transform, "image", _num_patches(transform))))
+    return spec
   return _spec(images=((views, *pixels), np.float32), boxes=((views, 4), np.float32),
                box_mask=((views,), np.bool_), view_mask=((views,), np.bool_))
+
+
+def _image_presence(transform: ExampleTransform) -> bool:
+  """Whether examples say if they have their image (`image_present`): only when some can
+  lack it, i.e. with simulated missing modalities; a record always has an image otherwise."""
+  return transform.simulate_missing > 0 or transform.complete_only
+
+
+def _masks_patches(transform: ExampleTransform) -> bool:
+  """Whether examples carry `image_mlm_mask`: the patches to hide, in row-major patch order
+  (the ViT's), for masked-patch regression on pixels."""
+  return transform.masking and transform.mask_patch_size > 0 and transform.num_views == 1
+
+
+def _num_patches(transform: ExampleTransform) -> int:
+  return (transform.image_size // transform.mask_patch_size) ** 2
 
 
 def _crop_in_box(box, context: float, choose_crop, width, height) -> PixelBox:
@@ -789,15 +882,21 @@ def _mlm_mask_spec(transform: ExampleTransform, prefix: str, length: int
 
 # Registry order is the order modalities draw from `rng` (append new ones at the end, so
 # existing configs keep their draws).
-register_modality("image", Modality(("images", "boxes"), _images_spec, _images))
-register_modality("text", Modality(("title",), _text_spec, _text))
-register_modality("table", Modality(("attributes",), _table_spec, _table))
-register_modality("video", Modality(("video_frames",), _video_spec, _video))
-register_modality("audio", Modality(("audio",), _audio_spec, _audio))
-register_modality("audio_mel", Modality(("audio", "mel"), _audio_mel_spec, _audio_mel))
+register_modality("image", Modality(("images", "boxes"), _images_spec, _images,
+                                    masks=("image_present", "image_mlm_mask")))
+register_modality("text", Modality(("title",), _text_spec, _text, masks=("text_mask",),
+                                   targets=("text_mlm_targets",)))
+register_modality("table", Modality(("attributes",), _table_spec, _table, masks=("table_mask",),
+                                    targets=("table_mlm_targets",)))
+register_modality("video", Modality(("video_frames",), _video_spec, _video,
+                                    masks=("video_mask",)))
+register_modality("audio", Modality(("audio",), _audio_spec, _audio, masks=("audio_mask",)))
+register_modality("audio_mel", Modality(("audio", "mel"), _audio_mel_spec, _audio_mel,
+                                        masks=("audio_mel_mask", "audio_mel_mlm_mask")))
 register_modality("regions", Modality(("region_feats", "region_boxes"), _regions_spec,
-                                      _regions))
-register_modality("video_feats", Modality(("frame_feats",), _video_feats_spec, _video_feats))
+                                      _regions, masks=("region_mask", "region_mlm_mask")))
+register_modality("video_feats", Modality(("frame_feats",), _video_feats_spec, _video_feats,
+                                          masks=("frame_mask", "frame_mlm_mask")))
 
 
 def _to_str(value: bytes | str) -> str:

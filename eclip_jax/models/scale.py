@@ -28,13 +28,15 @@ Outputs, for each modality m that ran (the objectives' and evaluators' contract)
     fused_emb        [B,D]  sum of fused_{m}_emb: the M5Product protocol's embedding
     text_mlm_logits  [B,L,V]      table_mlm_logits [B,Lt,V]    (from the fused tokens)
     region_pred      [B,R,2048]   frame_pred [B,F,1024]   (feature inputs only)
+    image_patch_pred [B,P,p·p·3]  one prediction per image patch (pixel input)
     audio_mel_pred   [B,T,80]     one prediction per mel frame
     logit_scale, logit_bias       as the two-tower model's, float32 scalars
+    harmonization    [5,5]  the learned S of scale.harmonize="learned" (0 at init)
 
 `image_emb` and `text_emb` are the unimodal ones, so the retrieval evaluators work as for
 the two-tower model. Masked modeling: text and table read `*_tokens_masked` when the batch
-has them; regions, frames and mel frames under `*_mlm_mask` are zeroed (their features are
-the regression targets). Masked-patch prediction for pixel images and videos is not built.
+has them; regions, frames, mel frames and image patches under `*_mlm_mask` are zeroed (their
+features and pixels are the regression targets). Pixel video frames have no masked term.
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ from eclip_jax.models import text as text_lib
 from eclip_jax.models import two_tower
 from eclip_jax.models import vit
 from eclip_jax.models.layers import DType, partitioned
+from eclip_jax.objectives import scale as scale_objectives
 
 # Fusion order and modality-type embedding index; fixed, so a subset keeps its indices.
-MODALITIES = ("text", "table", "image", "video", "audio")
+# The objectives' order too (their harmonization matrix is indexed by it).
+MODALITIES = scale_objectives.MODALITIES
 IMAGE_INPUTS = ("auto", "pixels", "regions")
 VIDEO_INPUTS = ("auto", "pixels", "features")
 
@@ -174,9 +178,15 @@ class Scale(nn.Module):
       if self.image is None:
         raise ValueError("model.image (ViT fields) is needed to encode image pixels; set it")
       images = batch["image"]
+      # A record always has an image; `image_present` marks the examples that lost theirs
+      # (input.simulate_missing).
+      present = batch.get("image_present", jnp.ones(images.shape[:1], bool))
+      if "image_mlm_mask" in batch:  # masked-patch regression: the hidden patches read 0
+        images = vit.hide_patches(images, batch["image_mlm_mask"],
+                                  self._image_patch(images.shape[1], batch["image_mlm_mask"]))
       encoded["image"] = modality.ImagePixelEncoder(
           self.image, self.embed_dim, **kwargs, name="image_encoder"
-      )(images, jnp.ones(images.shape[:1], bool))
+      )(images, present.astype(bool))
     elif image_input == "regions":
       encoded["image"] = modality.RegionEncoder(
           self._sizes("regions"), self.embed_dim, **kwargs, name="region_encoder"
@@ -216,6 +226,11 @@ class Scale(nn.Module):
     if encoded:
       outputs.update(self._fuse(encoded, outputs, batch))
 
+    # The learned S of scale.harmonize="learned" (objectives/scale.py), hosted whatever the
+    # mode so that one checkpoint layout serves every mode: 25 floats, without a gradient
+    # unless "learned" reads them.
+    outputs["harmonization"] = scale_objectives.HarmonizationWeights(
+        len(MODALITIES), name="harmonization")()
     log_scale = self.scalar("logit_scale", math.log(1.0 / self.temperature_init))
     outputs["logit_scale"] = jnp.exp(jnp.minimum(log_scale, math.log(two_tower.MAX_LOGIT_SCALE)))
     outputs["logit_bias"] = self.scalar("logit_bias", self.bias_init)
@@ -267,6 +282,10 @@ class Scale(nn.Module):
                                                                              self.text)
       return {f"{name}_mlm_logits": PredictionHead(
           fields["vocab_size"], "vocab", **head_kwargs, name=f"{name}_mlm_head")(segment)}
+    if name == "image" and self._input("image", batch) == "pixels":
+      patch = vit.ViT(**self.image, parent=None).shape()[1]
+      return {"image_patch_pred": PredictionHead(
+          patch * patch * 3, **head_kwargs, name="image_patch_head")(segment[:, 1:])}
     if name == "image" and self._input("image", batch) == "regions":
       return {"region_pred": PredictionHead(
           schema.REGION_FEATURE_DIM, **head_kwargs, name="region_head")(segment[:, 1:])}
@@ -280,6 +299,16 @@ class Scale(nn.Module):
       pred = pred.reshape(pred.shape[0], -1, schema.MEL_BINS)[:, :num_frames]
       return {"audio_mel_pred": pred}
     return {}
+
+  def _image_patch(self, image_size: int, hidden: jax.Array) -> int:
+    """The ViT's patch size, checked against the pipeline's `image_mlm_mask`."""
+    patch = vit.ViT(**self.image, parent=None).shape()[1]
+    if hidden.shape[-1] != (image_size // patch) ** 2:
+      raise ValueError(
+          f"image_mlm_mask has {hidden.shape[-1]} patches, but model.image cuts "
+          f"{image_size}-pixel images into {(image_size // patch) ** 2} of {patch} pixels; "
+          f"set input.mask_patch_size={patch}.")
+    return patch
 
   def scalar(self, name: str, value: float) -> jax.Array:
     # float32 whatever param_dtype is (two_tower.TwoTower.scalar says why).
@@ -315,7 +344,8 @@ class Scale(nn.Module):
     if "image" in self.modalities and image_input == "pixels" and "image" in given:
       num_patches, image_flops, image_width = _vit_flops(self.image, input_config.image_size)
       flops += image_flops
-      segments["image"] = (num_patches + 1, image_width, [])
+      patch = vit.ViT(**self.image, parent=None).shape()[1]
+      segments["image"] = (num_patches + 1, image_width, [(num_patches, patch * patch * 3)])
     elif "image" in self.modalities and image_input == "regions" and "regions" in given:
       regions, width = input_config.max_regions, self._sizes("regions")["width"]
       feature_dim = schema.REGION_FEATURE_DIM + schema.REGION_BOX_DIM

@@ -53,6 +53,23 @@ def parse_variant(variant: str, patch_size: int | None = None) -> tuple[TowerSiz
   return SIZES[size_name], int(patch)
 
 
+def patchify(images: jax.Array, patch: int) -> jax.Array:
+  """[B,H,W,C] -> [B, (H/patch)·(W/patch), patch·patch·C]: the non-overlapping patches in
+  the row-major order of the ViT's patch tokens, each flattened (row, column, channel)."""
+  batch, height, width, channels = images.shape
+  patches = images.reshape(batch, height // patch, patch, width // patch, patch, channels)
+  return patches.transpose(0, 1, 3, 2, 4, 5).reshape(
+      batch, (height // patch) * (width // patch), patch * patch * channels)
+
+
+def hide_patches(images: jax.Array, hidden: jax.Array, patch: int) -> jax.Array:
+  """`images` [B,H,W,C] with the patches `hidden` [B, num_patches] (row-major) zeroed."""
+  batch, height, width, _ = images.shape
+  keep = ~hidden.astype(bool).reshape(batch, height // patch, 1, width // patch, 1)
+  keep = jnp.broadcast_to(keep, (batch, height // patch, patch, width // patch, patch))
+  return images * keep.reshape(batch, height, width, 1).astype(images.dtype)
+
+
 class PatchEmbed(nn.Module):
   """A stride-`patch` convolution over non-overlapping patches ([B,H,W,C] -> [B,gh,gw,width]),
   computed as one matmul over the flattened patches.

@@ -3,21 +3,24 @@
     scale_contrastive   NT-Xent between the unimodal embeddings of every pair of modalities
                         (10 pairs with five), each through the sharded `contrastive_loss`
     scale_masked        masked modeling on the fused outputs: title MLM, table masked entity
-                        modeling, masked region / frame / mel-frame feature regression
+                        modeling, masked region / frame / mel-frame feature regression,
+                        masked-patch pixel regression (an image encoded from pixels)
 
 Model output contract (what these objectives read; the model provides exactly these names).
 For each modality m the model has, in MODALITIES order: `{m}_emb` [B, D] (pooled unimodal
 embedding), `{m}_present` [B] bool; the heads `text_mlm_logits` [B, L, V],
 `table_mlm_logits` [B, Lt, V], `region_pred` [B, R, 2048], `frame_pred` [B, F, 1024],
-`audio_mel_pred` [B, T, 80]; `logit_scale` (scalar, exponentiated) when
-`scale.temperature` is 0; and `harmonization` [M, M] (M = len(MODALITIES), the parameter of
-`HarmonizationWeights`, which the model hosts) when `scale.harmonize="learned"`. Batch keys
-(data/transforms.py): `text_mlm_targets` [B, L] and `table_mlm_targets` [B, Lt] (the
-original token where masked, -1 elsewhere), `region_feats` + `region_mlm_mask`,
-`frame_feats` + `frame_mlm_mask`, `audio_mel` + `audio_mel_mlm_mask`. A modality the model
-lacks takes part in nothing; a masked term whose head or targets are absent is skipped. The
-heads are the model's predictions from the fused outputs; `fused_{m}_emb` and `fused_emb`
-(also in the contract) are what evaluation reads, and no loss here reads them.
+`audio_mel_pred` [B, T, 80], `image_patch_pred` [B, P, p·p·3]; `logit_scale` (scalar,
+exponentiated) when `scale.temperature` is 0; and `harmonization` [M, M]
+(M = len(MODALITIES), the parameter of `HarmonizationWeights`, which the model hosts) when
+`scale.harmonize="learned"`. Batch keys (data/transforms.py): `text_mlm_targets` [B, L] and
+`table_mlm_targets` [B, Lt] (the original token where masked, -1 elsewhere),
+`region_feats` + `region_mlm_mask`, `frame_feats` + `frame_mlm_mask`, `audio_mel` +
+`audio_mel_mlm_mask`, `image` + `image_mlm_mask` (per patch, row-major; the targets are the
+image's p×p patches). A modality the model lacks takes part in nothing; a masked term whose
+head or targets are absent is skipped. The heads are the model's predictions from the fused
+outputs; `fused_{m}_emb` and `fused_emb` (also in the contract) are what evaluation reads,
+and no loss here reads them.
 
 Missing modalities. A pair's loss is the row-weighted InfoNCE with weight 0 on the rows
 where either modality is missing: such a row is neither a query nor a candidate, so the
@@ -27,7 +30,8 @@ rows only.
 
 Self-harmonization (`config.scale.harmonize`). The tasks are indexed by an M×M matrix over
 modalities: entry (i, j), i < j, is the pair (i, j); entry (i, i) is modality i's masked
-term (text: title MLM, table: entity modeling, image: regions, video: frames, audio: mel).
+term (text: title MLM, table: entity modeling, image: regions or pixel patches, video:
+frames, audio: mel).
 
 - "code" (METHODS.md's reading of the released code, which this repository cannot
   consult): per sample, C = the cosine matrix between the sample's present unimodal
@@ -49,6 +53,9 @@ term (text: title MLM, table: entity modeling, image: regions, video: frames, au
   largest weights approach their S_t), so a run should watch `harmonization_mean`.
 - "off": the plain sum of the pair losses, and of the masked terms.
 
+Feature regression targets are standardized per vector by default (`scale.norm_targets`,
+ours: default_config says why); the prediction heads then predict standardized features.
+
 Every term's loss is logged as it enters the sum (`loss_<a>_<b>`, `loss_<term>`; with
 "code" that is the harmonized loss), with its weight (`weight_<...>`: with "code" the mean
 S entry over the rows that take part) and `harmonization_mean` (the mean of S over the
@@ -58,6 +65,7 @@ entries that take part: per sample for "code", the raw parameter for "learned").
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -78,6 +86,8 @@ MASKED_TERMS = {
     "region": ("image", "region_pred", "region_feats", "region_mlm_mask"),
     "frame": ("video", "frame_pred", "frame_feats", "frame_mlm_mask"),
     "audio_mel": ("audio", "audio_mel_pred", "audio_mel", "audio_mel_mlm_mask"),
+    # Pixels, when the image is encoded from them (no regions): the image's patches.
+    "image_patch": ("image", "image_patch_pred", "image", "image_mlm_mask"),
 }
 
 
@@ -89,6 +99,11 @@ def default_config() -> ml_collections.ConfigDict:
       # NT-Xent temperature τ (the publication's 0.07): logits are cos / τ. 0 uses the
       # model's learned `logit_scale` instead.
       "temperature": 0.07,
+      # Feature regression against each target vector standardized over its features (its
+      # mean 0, variance 1: MAE's norm_pix_loss), not the raw features. Ours: raw log-mel
+      # values (about -14..5) give an MSE near 60 that drowns every other term, and region
+      # or frame features have their extractor's scale; standardized, each term starts near 1.
+      "norm_targets": True,
   })
 
 
@@ -103,7 +118,9 @@ class HarmonizationWeights(nn.Module):
 
   @nn.compact
   def __call__(self) -> jax.Array:
-    return self.param("harmonization", nn.initializers.zeros,
+    # Replicated: an M×M matrix (M ≤ 5) has nothing worth sharding.
+    init = nn.with_logical_partitioning(nn.initializers.zeros, (None, None))
+    return self.param("harmonization", init,
                       (self.num_modalities, self.num_modalities), jnp.float32)
 
 
@@ -237,12 +254,22 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, rows: jax.Array,
   return _masked_mean(-picked, masked, row_weights)
 
 
+def standardize(targets: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Each target vector (last axis) with its mean removed and divided by its std."""
+  mean = jnp.mean(targets, axis=-1, keepdims=True)
+  var = jnp.var(targets, axis=-1, keepdims=True)
+  return (targets - mean) * jax.lax.rsqrt(var + eps)
+
+
 def masked_mse(predictions: jax.Array, targets: jax.Array, mask: jax.Array, rows: jax.Array,
-               row_weights: jax.Array | None = None) -> jax.Array:
+               row_weights: jax.Array | None = None, norm_targets: bool = False) -> jax.Array:
   """Σ_b w_b Σ_p mean_d (pred − target)² over the masked positions of the rows `rows` keeps,
-  divided by their count (0 when nothing is masked)."""
-  error = jnp.mean((predictions.astype(jnp.float32)
-                    - jax.lax.stop_gradient(targets.astype(jnp.float32))) ** 2, axis=-1)
+  divided by their count (0 when nothing is masked); `norm_targets`: each target vector
+  standardized first (`standardize`)."""
+  targets = jax.lax.stop_gradient(targets.astype(jnp.float32))
+  if norm_targets:
+    targets = standardize(targets)
+  error = jnp.mean((predictions.astype(jnp.float32) - targets) ** 2, axis=-1)
   return _masked_mean(error, mask.astype(bool) & rows[:, None], row_weights)
 
 
@@ -273,7 +300,14 @@ def scale_masked_objective(outputs: dict[str, Any], batch: dict[str, Any], ctx):
     if mask_key is None:
       loss = token_cross_entropy(outputs[head], batch[target_key], rows, row_weights)
     else:
-      loss = masked_mse(outputs[head], batch[target_key], batch[mask_key], rows, row_weights)
+      targets = batch[target_key]
+      if name == "image_patch":  # [B,H,W,3] -> the prediction's [B,P,p·p·3] patches
+        # Imported here: eclip_jax.models imports this module (the model hosts S).
+        from eclip_jax.models import vit  # pylint: disable=g-import-not-at-top
+        patch = math.isqrt(outputs[head].shape[-1] // targets.shape[-1])
+        targets = vit.patchify(targets, patch)
+      loss = masked_mse(outputs[head], targets, batch[mask_key], rows, row_weights,
+                        ctx.method_config.norm_targets)
     total += loss_weight * loss
     metrics[f"loss_{name}"] = loss
   if harmonization_mean is not None:
