@@ -38,6 +38,8 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/contrastive_memory.py
 	$(PY) benchmarks/eclip_step.py
 	$(PY) benchmarks/scale_step.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/checkpoint_blocking.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -17,50 +17,21 @@ the instance objectives cost. Data loading is not included (benchmarks/input_pip
 
 from __future__ import annotations
 
-import os
-import sys
-
-_DEVICES = next((a.split("=")[1] for a in sys.argv if a.startswith("--devices=")), "1")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + f" --xla_force_host_platform_device_count={_DEVICES}").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import harness  # noqa: F401  (first: sets the device count before JAX starts)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from configs import clip as clip_config  # noqa: E402
 from configs import eclip as eclip_config  # noqa: E402
-from eclip_jax import parallel, trainer  # noqa: E402
-
-
-def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  b, size, length = config.input.batch_size, config.input.image_size, config.input.max_text_len
-  views = config.input.num_views
-  image_shape = (b, size, size, 3) if views == 1 else (b, views, size, size, 3)
-  return {
-      "image" if views == 1 else "images": rng.normal(size=image_shape).astype(np.float32),
-      "text_tokens": rng.integers(4, config.input.vocab_size, size=(b, length)).astype(np.int32),
-      "text_mask": np.ones((b, length), bool),
-      "product_id": np.arange(b, dtype=np.int32),
-      "catalog_id": (rng.permutation(b) // 2).astype(np.int32),
-  }
 
 
 def step_seconds(config, steps: int) -> float:
   """Median seconds per compiled train step on random inputs."""
-  mesh = parallel.make_mesh(config.mesh)
-  setup = trainer.Setup(config, mesh)
-  state = setup.init_state()
-  rng = np.random.default_rng(0)
-  batch = parallel.to_global(random_batch(config, rng), mesh)
-  step = trainer.compile_train_step(setup, batch)
-  state, metrics = step(state, batch)  # warmup
-  jax.block_until_ready(metrics)
+  step, state, batch, _ = harness.compiled_step(config)
   times = []
   for _ in range(steps):
     start = time.perf_counter()

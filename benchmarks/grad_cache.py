@@ -15,14 +15,7 @@ roughly as 1/M (activations of one micro-batch at a time) for one extra forward 
 
 from __future__ import annotations
 
-import os
-import sys
-
-_DEVICES = next((a.split("=")[1] for a in sys.argv if a.startswith("--devices=")), "1")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + f" --xla_force_host_platform_device_count={_DEVICES}").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import harness  # noqa: F401  (first: sets the device count before JAX starts)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -35,22 +28,11 @@ from configs import e_clip  # noqa: E402
 from eclip_jax import parallel, trainer  # noqa: E402
 
 
-def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  b, size, length = config.input.batch_size, config.input.image_size, config.input.max_text_len
-  return {
-      "image": rng.uniform(-1, 1, size=(b, size, size, 3)).astype(np.float32),
-      "text_tokens": rng.integers(4, config.input.vocab_size, size=(b, length)).astype(np.int32),
-      "text_mask": np.ones((b, length), bool),
-      "product_id": np.arange(b, dtype=np.int32),
-      "catalog_id": (rng.permutation(b) // 2).astype(np.int32),
-  }
-
-
 def compile_step(config):
   """(the compiled step, its state and batch, per-device temporary MiB)."""
   mesh = parallel.make_mesh(config.mesh)
   setup = trainer.Setup(config, mesh)
-  batch = parallel.to_global(random_batch(config, np.random.default_rng(0)), mesh)
+  batch = parallel.to_global(harness.random_batch(config, np.random.default_rng(0)), mesh)
   step = trainer.compile_train_step(setup, batch)
   return step, setup.init_state(), batch, step.memory_analysis().temp_size_in_bytes / 2**20
 

@@ -20,62 +20,16 @@ steps each (so machine noise spreads over all of them) and reports the median. R
 
 from __future__ import annotations
 
-import os
-import sys
-
-_DEVICES = next((a.split("=")[1] for a in sys.argv if a.startswith("--devices=")), "1")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + f" --xla_force_host_platform_device_count={_DEVICES}").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import harness  # noqa: F401  (first: sets the device count before JAX starts)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from configs import clip as clip_config  # noqa: E402
 from configs import scale as scale_config  # noqa: E402
-from eclip_jax import parallel, trainer  # noqa: E402
-from eclip_jax.data import pipeline  # noqa: E402
-
-
-def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """Random values of the config's example spec: every position present, 15% of them
-  masked for masked modeling, pairs of duplicate listings."""
-  b, vocab = config.input.batch_size, config.input.vocab_size
-  batch = {}
-  for key, (shape, dtype) in pipeline.example_spec(config.input).items():
-    shape = (b, *shape)
-    if key.endswith("_mlm_mask"):
-      batch[key] = rng.random(shape) < 0.15
-    elif dtype == np.bool_:
-      batch[key] = np.ones(shape, bool)
-    elif key.endswith("_mlm_targets"):
-      batch[key] = np.where(rng.random(shape) < 0.15, rng.integers(4, vocab, shape), -1)
-    elif key == "table_entity":
-      batch[key] = np.broadcast_to(np.arange(shape[-1]) // 3, shape)
-    elif np.issubdtype(dtype, np.integer):
-      batch[key] = rng.integers(4, vocab, size=shape)
-    else:
-      batch[key] = rng.normal(size=shape)
-    batch[key] = np.asarray(batch[key]).astype(dtype)
-  batch["product_id"] = np.arange(b, dtype=np.int32)
-  batch["catalog_id"] = (rng.permutation(b) // 2).astype(np.int32)
-  return batch
-
-
-def compiled_step(config):
-  """(step, state, batch): the compiled train step and what it runs on."""
-  mesh = parallel.make_mesh(config.mesh)
-  setup = trainer.Setup(config, mesh)
-  batch = parallel.to_global(random_batch(config, np.random.default_rng(0)), mesh)
-  step = trainer.compile_train_step(setup, batch)
-  state, metrics = step(setup.init_state(), batch)  # warmup
-  jax.block_until_ready(metrics)
-  return step, state, batch
 
 
 def main():
@@ -93,7 +47,7 @@ def main():
   compiled = {}
   for name, config in rows.items():
     config.input.batch_size = args.batch
-    compiled[name] = list(compiled_step(config))
+    compiled[name] = list(harness.compiled_step(config)[:3])
   times = {name: [] for name in rows}
   for _ in range(args.rounds):
     for name, entry in compiled.items():

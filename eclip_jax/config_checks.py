@@ -67,6 +67,7 @@ RANGES = {
     "input.num_workers": COUNT_OR_ZERO,
     "input.read_threads": COUNT,
     "input.prefetch_buffer_size": COUNT,
+    "input.prefetch_batches": COUNT_OR_ZERO,
     "input.image_size": COUNT,
     "input.num_views": COUNT,
     "input.crop_scale": Range(0, 1, integer=False, low_excluded=True),

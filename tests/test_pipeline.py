@@ -67,9 +67,10 @@ def test_shuffle_is_deterministic_per_seed_and_reshuffles_each_epoch(tiny_input_
   assert sorted(epoch_1) == sorted(epoch_2) and epoch_1 != epoch_2
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_state_round_trip_resumes_exactly(tiny_input_config, num_workers):
+@pytest.mark.parametrize("num_workers,prefetch_batches", [(0, 0), (0, 2), (2, 2)])
+def test_state_round_trip_resumes_exactly(tiny_input_config, num_workers, prefetch_batches):
   tiny_input_config.num_workers = num_workers
+  tiny_input_config.prefetch_batches = prefetch_batches  # the state is of batches handed out
   iterator = pipeline.make_train_iterator(tiny_input_config, seed=3)
   _take(iterator, 3)
   state = iterator.get_state()
@@ -80,6 +81,20 @@ def test_state_round_trip_resumes_exactly(tiny_input_config, num_workers):
   actual = _take(resumed, 4)
   resumed.close()
   for want, got in zip(expected, actual):
+    assert want.keys() == got.keys()
+    for key in want:
+      np.testing.assert_array_equal(want[key], got[key], err_msg=key)
+
+
+def test_batch_prefetch_changes_no_batch(tiny_input_config):
+  def batches(prefetch_batches):
+    tiny_input_config.prefetch_batches = prefetch_batches
+    iterator = pipeline.make_train_iterator(tiny_input_config, seed=5)
+    taken = _take(iterator, 5)
+    iterator.close()
+    return taken
+
+  for want, got in zip(batches(0), batches(3), strict=True):
     assert want.keys() == got.keys()
     for key in want:
       np.testing.assert_array_equal(want[key], got[key], err_msg=key)

@@ -1,0 +1,73 @@
+"""Benchmark scripts run end to end at test size and report every figure (no timing claims:
+which mode is faster is what they measure, not what a test may assume)."""
+
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import jax  # noqa: F401  (before the harness: the tests' 8 devices stay as conftest set them)
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+import checkpoint_blocking  # noqa: E402  (benchmarks/ is scripts, not a package)
+import profile_step  # noqa: E402
+import train_step  # noqa: E402
+
+
+def test_checkpoint_blocking_reports_both_modes():
+  rows = checkpoint_blocking.measure({"clip.py:tiny": _tiny_clip()}, rounds=1, steps=1)
+  by_mode = {row["mode"]: row for row in rows}
+  assert len(rows) == 2 and set(by_mode) == {"async", "sync"}
+  for row in rows:
+    for key in ("state_mib", "blocks_ms", "write_ms", "step_ms", "blocks_per_step",
+                "next_step_ms"):
+      assert math.isfinite(row[key]) and row[key] > 0, (row["mode"], key, row[key])
+    assert math.isfinite(row["lost_per_step"])  # an overlapped step may beat the median
+    assert row["overlap_step_ms"] is None or row["overlap_step_ms"] > 0
+  assert by_mode["sync"]["overlapped"] == 0  # a synchronous save is done when it returns
+  table = checkpoint_blocking.format_table(rows)
+  assert len(table.splitlines()) == 2 + len(rows)
+
+
+def _tiny_clip():
+  """clip.py:tiny at a test's size (compiles in seconds): one block per tower, 8 examples
+  (one per test device) of 32 px, titles of 8 tokens."""
+  config = train_step.load_config("clip.py:tiny")
+  config.input.batch_size, config.input.image_size, config.input.max_text_len = 8, 32, 8
+  config.model.image.depth = config.model.text.depth = 1
+  return config
+
+
+def test_train_step_rows_have_every_column():
+  pytest.importorskip("torch")
+  rows, peak, source = train_step.measure({"tiny": _tiny_clip()}, rounds=1, steps=1,
+                                          peers=["eager"])
+  assert peak > 0 and source
+  assert [row["impl"] for row in rows] == ["eclip_jax", "torch eager"]
+  ours, peer = rows
+  for key in ("ms", "examples_per_s", "compile_s", "gflop", "xla_gflop", "gflop_per_s", "mfu",
+              "peak_mib"):
+    assert np.isfinite(ours[key]) and ours[key] > 0, key
+  assert ours["vs_eager"] > 0 and ours["vs_compiled"] is None and peer["vs_eager"] is None
+  # The same architecture on both sides: parameter counts within transformers' [CLS] token
+  # and its two extra LayerNorms.
+  assert abs(peer["params"] - ours["params"]) < 0.01 * ours["params"]
+  table = train_step.format_table(rows)
+  assert all(title in table for _, title, _ in train_step.COLUMNS)
+
+
+def test_profile_attributes_op_time_to_modules(tmp_path):
+  result = profile_step.profile(_tiny_clip(), steps=1, trace_dir=str(tmp_path))
+  modules = " ".join(result["by_module"])
+  assert "image_tower" in modules and "text_tower" in modules and "bwd" in modules
+  assert result["op_ms"] > 0 and sum(result["by_kind"].values()) == pytest.approx(result["op_ms"])
+  assert sum(result["concurrency"].values()) == pytest.approx(1.0)
+  assert "by module" in profile_step.report(result, top=3)
+
+
+def test_module_of_reads_jax_op_names():
+  name = ("jit(train_step)/transpose(jvp(TwoTower))/TwoTower.encode_towers/image_tower/"
+          "encoder/block_0/mlp/fc1/dot_general")
+  assert profile_step.module_of(name, depth=3) == "bwd TwoTower.encode_towers/image_tower/encoder"
+  assert profile_step.module_of("jit(train_step)/add", depth=3) == "fwd add"
