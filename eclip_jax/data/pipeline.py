@@ -512,8 +512,4 @@ def make_eval_iterator(
       )
   )
   dataset = _prefetch_in_workers(dataset, input_config.num_workers)
-  if input_config.prefetch_batches:
-    # Its checkpoint state is that of the batches handed out, not of those read ahead.
-    dataset = grain.experimental.ThreadPrefetchIterDataset(
-        dataset, prefetch_buffer_size=input_config.prefetch_batches)
   return SkipCountingIterator(dataset.__iter__())
