@@ -4,9 +4,10 @@ r"""The claim as a curve: CLIP vs ECLIP tiny at every clutter level of toyshop, 
       [--seeds=0,1,2] [--methods=clip,eclip] [--data_dir=data] [--root=workdirs/ladder] \
       [--plot=ladder.png] [--summarize_only] [-- extra flags for every run]
 
-For each level it builds `toyshop/{size}_{level}` (reused when built), then trains and
-evaluates `configs/{method}.py:tiny` on it once per seed into `ROOT/{size}_{level}/
-{method}_seed{seed}`, one run after another; a run whose workdir already holds its final
+It builds `toyshop/{size}_{level}` for every level (reused when built), then trains and
+evaluates `configs/{method}.py:tiny` on each once per seed into `ROOT/{size}_{level}/
+{method}_seed{seed}`, one run after another, seed by seed (every level at seed 0 first); a
+run whose workdir already holds its final
 evaluation is skipped, and an interrupted one resumes from its checkpoint, so the command
 can be stopped and run again. Then it prints one table per level
 (`python -m eclip_jax.summarize`), the ladder table (mean ± std over the seeds of image-only
@@ -48,10 +49,12 @@ def _finished(workdir: str) -> bool:
 
 def train(args, extra: list[str]) -> None:
   for level in args.levels:
-    dataset = f"toyshop/{args.size}_{level}"
-    _run([sys.executable, "-m", "eclip_jax.data.prepare", f"--dataset={dataset}",
+    _run([sys.executable, "-m", "eclip_jax.data.prepare", f"--dataset=toyshop/{args.size}_{level}",
           f"--data_dir={args.data_dir}"])
-    for seed in args.seeds:
+  # Seed-major, so that a stopped command leaves every level measured at the same seeds.
+  for seed in args.seeds:
+    for level in args.levels:
+      dataset = f"toyshop/{args.size}_{level}"
       for method in args.methods:
         workdir = os.path.join(args.root, f"{args.size}_{level}", f"{method}_seed{seed}")
         if _finished(workdir):

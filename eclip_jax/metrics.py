@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 import time
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 from etils import epath
 
@@ -75,14 +77,26 @@ def read_metrics(workdir: str | epath.Path) -> list[dict[str, float]]:
 
 
 class StepTimer:
-  """Steps/s, examples/s and the fraction of wall time spent waiting for input.
+  """Steps/s, examples/s, the fraction of wall time spent fetching input, and the fraction
+  in which no step was running.
 
-  Call `data_wait()` around fetching a batch and `step_done(batch_size)` once per step (the
-  batch size may change from step to step); `rates()` gives the averages since the previous
-  call (or `reset()`).
+  Call `data_wait()` around fetching a batch and `step_done(batch_size, outputs)` right
+  after dispatching each step (the batch size may change from step to step); `rates()`
+  gives the averages since the previous call (or `reset()`).
+
+  The two fractions differ because JAX dispatches asynchronously (on CPU too): the host
+  fetches the next batch while the step runs, so `perf/data_wait_frac` (host time in the
+  fetch) can be large while the step never waits. `perf/device_idle_frac` is the time the
+  step did wait: before each step, how long after the previous one finished it was
+  dispatched, max(0, dispatched_n - finished_(n-1)), summed. It counts every cause (input,
+  logging, a blocking save) and needs `outputs`, any of the step's results: a short-lived
+  thread per step blocks on them and records when they are ready (its wake-up latency,
+  up to Python's thread switch interval of 5 ms, makes the figure a slight underestimate).
   """
 
   def __init__(self):
+    self._last_finished = (-1, 0.0)  # (step index, perf_counter() when its outputs were ready)
+    self._dispatched = 0
     self.reset()
 
   def reset(self) -> None:
@@ -92,6 +106,8 @@ class StepTimer:
     self._examples = 0
     self._waiting = 0.0
     self._excluded = 0.0
+    self._idle = 0.0
+    self._idle_from = self._start  # what happened before a window is not its idle time
 
   @contextlib.contextmanager
   def data_wait(self):
@@ -108,11 +124,33 @@ class StepTimer:
     try:
       yield
     finally:
-      self._excluded += time.perf_counter() - start
+      now = time.perf_counter()
+      self._excluded += now - start
+      self._idle_from = now
 
-  def step_done(self, batch_size: int) -> None:
+  def step_done(self, batch_size: int, outputs=None) -> None:
+    """Counts a step dispatched just now; `outputs` (a pytree of its results) enables
+    `perf/device_idle_frac`."""
+    now = time.perf_counter()
     self._steps += 1
     self._examples += batch_size
+    if outputs is None:
+      return
+    index, self._dispatched = self._dispatched, self._dispatched + 1
+    finished_index, finished_at = self._last_finished
+    if index and finished_index == index - 1:  # else it still runs (or none ran): no idle
+      self._idle += max(0.0, now - max(finished_at, self._idle_from))
+    # Not a daemon: the interpreter waits for it (at most one step) before shutting down, as
+    # a daemon thread still blocked in XLA when it does aborts the process.
+    threading.Thread(target=self._watch, args=(index, outputs)).start()
+
+  def _watch(self, index: int, outputs) -> None:
+    try:
+      jax.block_until_ready(outputs)
+    except Exception:  # pylint: disable=broad-except
+      return  # a failed step raises in the training loop itself, where it is handled
+    if index > self._last_finished[0]:  # steps finish in order; a late watcher changes nothing
+      self._last_finished = (index, time.perf_counter())
 
   def rates(self) -> dict[str, float]:
     elapsed = max(time.perf_counter() - self._start - self._excluded, 1e-9)
@@ -121,6 +159,8 @@ class StepTimer:
         "perf/examples_per_sec": self._examples / elapsed,
         "perf/data_wait_frac": self._waiting / elapsed,
     }
+    if self._dispatched:
+      rates["perf/device_idle_frac"] = min(self._idle / elapsed, 1.0)
     self.reset()
     return rates
 

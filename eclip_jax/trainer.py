@@ -354,7 +354,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if len(compiled_steps) == 1:
           timer.reset()  # nor is the first batch's wait, the input pipeline starting up
       state, step_metrics = compiled_steps[shapes](state, batch)
-      timer.step_done(batch_size=batch["product_id"].shape[0])
+      timer.step_done(batch_size=batch["product_id"].shape[0], outputs=step_metrics)
       checkpointer.check_saves()  # a save that failed in the background stops the run now
 
       row = {}
@@ -545,7 +545,8 @@ class _Progress:
     eta = metrics_lib.format_duration((self._total - step) / rate) if rate > 0 else "?"
     line = (f"step {step}/{self._total} | loss {metrics['train/loss']:.4f} | "
             f"{metrics['perf/examples_per_sec']:.0f} ex/s | "
-            f"data wait {100 * metrics['perf/data_wait_frac']:.0f}% | ETA {eta}")
+            f"data wait {100 * metrics['perf/data_wait_frac']:.0f}% | "
+            f"idle {100 * metrics['perf/device_idle_frac']:.0f}% | ETA {eta}")
     if self._tty:
       print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
     else:

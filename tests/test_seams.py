@@ -4,6 +4,8 @@ objective metrics under their objective's name, method config sections, and a tr
 whose new fields still restore from older checkpoints. Plus the trajectories recorded
 before these seams were opened, which they must not have moved."""
 
+import time
+
 import flax
 import flax.linen as nn
 import jax
@@ -410,3 +412,40 @@ def test_step_timer_counts_examples_of_each_step():
     timer.step_done(batch_size)
   rates = timer.rates()
   assert rates["perf/examples_per_sec"] / rates["perf/steps_per_sec"] == pytest.approx(64 / 3)
+
+
+@jax.jit
+def _long_step(x):
+  """A step that runs for about a second on 2 cores (60 chained 1024^3 matmuls): dispatched
+  asynchronously, it is still running 0.2 s later."""
+  return jax.lax.fori_loop(0, 60, lambda _, y: jnp.tanh(y @ y), x)
+
+
+def test_step_timer_counts_idle_time_only_when_no_step_runs():
+  x = jnp.full((1024, 1024), 1e-3)
+  _long_step(x).block_until_ready()  # compiled outside the timed parts
+
+  # The host takes 0.2 s to dispatch after a step that had already finished: all idle.
+  timer = metrics_lib.StepTimer()
+  timer.step_done(8, jnp.zeros(()).block_until_ready())
+  time.sleep(0.2)
+  timer.step_done(8, jnp.zeros(()))
+  assert timer.rates()["perf/device_idle_frac"] > 0.5
+
+  # The host takes as long while the previous step still runs: no idle time at all.
+  timer = metrics_lib.StepTimer()
+  timer.step_done(8, _long_step(x))
+  time.sleep(0.2)
+  timer.step_done(8, jnp.zeros(()))
+  assert timer.rates()["perf/device_idle_frac"] == 0.0
+
+  # A pause (evaluation, compilation) between a finished step and the next is not idle time.
+  timer = metrics_lib.StepTimer()
+  timer.step_done(8, jnp.zeros(()).block_until_ready())
+  time.sleep(0.05)  # lets the watcher record the finished step
+  with timer.paused():
+    time.sleep(0.3)
+  timer.step_done(8, _long_step(x))
+  time.sleep(0.1)
+  assert timer.rates()["perf/device_idle_frac"] < 0.5
+  assert "perf/device_idle_frac" not in metrics_lib.StepTimer().rates()  # no outputs given

@@ -175,7 +175,8 @@ def test_training_run_writes_the_contract_outputs(toyshop_tiny, tmp_path):
   assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
   for key in ("train/lr", "train/grad_norm", "train/param_norm", "train/clip/loss",
               "train/clip/logit_scale", "train/clip/i2t_acc",
-              "perf/steps_per_sec", "perf/examples_per_sec", "perf/data_wait_frac"):
+              "perf/steps_per_sec", "perf/examples_per_sec", "perf/data_wait_frac",
+              "perf/device_idle_frac"):
     assert key in train_rows[-1], key
   assert any("eval/retrieval/i2t_r1" in r for r in rows)
   assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 30
