@@ -11,7 +11,8 @@ Configs (default: all three):
   clip.py:b16    for a GPU/TPU: clip.py:b16 as configured (bf16, scanned, remat) at 256
                  examples per chip (BENCHMARKS.md, "On an accelerator")
 Any other `<file>.py:<arg>` of configs/ runs as its config says. A config that scans its
-layers (s16, as every accelerator config, for compile time) also runs unscanned.
+layers (s16, as every accelerator config, for compile time) also runs unscanned; on a GPU
+every config also runs with cuDNN flash attention (`model.attention_impl="cudnn"`).
 
 Per config and implementation: the steady-state step time (median over `--rounds` rounds
 of `steps` steps, the implementations taking turns each round so that machine noise
@@ -138,12 +139,17 @@ def has_peer(config: ml_collections.ConfigDict) -> bool:
 
 
 def our_variants(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
-  """Our implementations of a config: as it is and, where it scans its layers (which
-  accelerator configs do for compile time), also unscanned."""
+  """Our implementations of a config: as it is; where it scans its layers (which
+  accelerator configs do for compile time), also unscanned; on a GPU, also with cuDNN's
+  flash attention (`model.attention_impl="cudnn"`)."""
   variants = {"eclip_jax": config}
   if config.model.get("scan_layers"):
     variants = {"eclip_jax scan": config, "eclip_jax no scan": config.copy_and_resolve_references()}
     variants["eclip_jax no scan"].model.scan_layers = False
+  if jax.default_backend() == "gpu" and config.model.get("attention_impl") == "xla":
+    as_configured = next(iter(variants))
+    variants[f"{as_configured} cudnn"] = config.copy_and_resolve_references()
+    variants[f"{as_configured} cudnn"].model.attention_impl = "cudnn"
   return variants
 
 

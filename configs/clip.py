@@ -91,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "param_dtype": "float32",
       "scan_layers": not on_cpu,
       "remat_policy": "none" if on_cpu else "dots_no_batch",
+      "attention_impl": "xla",  # "cudnn": cuDNN flash attention, on GPU (bf16)
   })
   if on_cpu:
     config.model.image.patch_size = 8

@@ -127,6 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "remat_policy": "dots_no_batch",
     })
   config.model.modalities = modalities
+  config.model.attention_impl = "xla"  # "cudnn": cuDNN flash attention, on GPU (bf16)
   config.model.share_text_encoders = True  # the released code's choice
 
   config.objectives = ml_collections.ConfigDict({"scale_contrastive": 1.0, "scale_masked": 1.0})

@@ -401,3 +401,44 @@ def test_analytic_flops_match_xla_cost_analysis():
   input_config = ml_collections.ConfigDict(
       {"modalities": ("image", "text"), "image_size": 64, "max_text_len": 16, "num_views": 1})
   assert model.flops_per_example(input_config) == pytest.approx(xla_flops, rel=0.1)
+
+
+def _config(name: str) -> ml_collections.ConfigDict:
+  from configs import clip, eclip, scale  # pylint: disable=g-import-not-at-top
+  return {"clip": clip, "eclip": eclip, "scale": scale}[name].get_config("tiny")
+
+
+@pytest.mark.parametrize("name", ["clip", "eclip", "scale"])
+def test_attention_impl_reaches_every_encoder_attention(name, monkeypatch):
+  from eclip_jax import trainer  # pylint: disable=g-import-not-at-top
+  kernels = []
+  fused_attention = jax.nn.dot_product_attention
+
+  def recording(*args, implementation=None, **kwargs):
+    kernels.append(implementation)
+    return fused_attention(*args, **kwargs)  # XLA's: "cudnn" is only traced here, never run
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+  monkeypatch.setattr(layers, "check_attention_impl", lambda impl: None)  # allow it on CPU
+  config = _config(name)
+  config.model.attention_impl = "cudnn"
+  trainer.Setup(config)  # traces init: every attention layer of the model once
+  # ECLIP's instance decoder keeps XLA for self-attention among its few queries (its
+  # cross-attention computes the weights explicitly, for the instance maps).
+  expected_xla = config.model.decoder.depth if name == "eclip" else 0
+  assert kernels.count("xla") == expected_xla and kernels.count("cudnn") >= 2, kernels
+  assert set(kernels) <= {"xla", "cudnn"}
+
+
+def test_attention_impl_misconfigured():
+  from eclip_jax import cli, trainer  # pylint: disable=g-import-not-at-top
+  config = _config("clip")
+  for impl, message in [
+      ("cudnn", "attention_impl='cudnn' (cuDNN flash attention) needs a GPU; this run's "
+                "backend is cpu: use 'xla'"),
+      ("flash", "attention_impl='flash' is not one of ('xla', 'cudnn')"),
+  ]:
+    config.model.attention_impl = impl
+    with pytest.raises(ValueError) as error:
+      trainer.Setup(config)
+    assert cli.one_line(error.value) == message

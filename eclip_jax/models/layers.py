@@ -18,6 +18,10 @@ propagation most needs a hint.
 The MLP's `activation` (one of `ACTIVATIONS`) and the LayerNorms' `norm_eps` are fields
 so that imported checkpoints (OpenAI CLIP: QuickGELU, eps 1e-5; eclip_jax/interop.py) run
 exactly as trained; the defaults are what every model of this codebase trains with.
+
+`attention_impl` picks `jax.nn.dot_product_attention`'s kernel (one of `ATTENTION_IMPLS`):
+"xla" (any backend) or "cudnn" (cuDNN's fused flash attention: GPU only, float16/bfloat16,
+head dims up to 128; cuDNN raises for shapes it does not support).
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ _CHECKPOINT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 REMAT_POLICIES = ("none", *_CHECKPOINT_POLICIES)
+
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+def check_attention_impl(attention_impl: str) -> None:
+  if attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={attention_impl!r} is not one of {ATTENTION_IMPLS}")
+  if attention_impl == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(f"attention_impl='cudnn' (cuDNN flash attention) needs a GPU; this "
+                     f"run's backend is {jax.default_backend()}: use 'xla'")
 
 partitioned = nn.with_logical_partitioning
 
@@ -127,6 +141,7 @@ class MultiHeadAttention(nn.Module):
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
   return_weights: bool = False
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None,
@@ -136,6 +151,7 @@ class MultiHeadAttention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads={self.num_heads}")
     head_dim = width // self.num_heads
+    check_attention_impl(self.attention_impl)
 
     def project(name):
       return _DenseEinsum(
@@ -161,7 +177,8 @@ class MultiHeadAttention(nn.Module):
       encoded = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
     else:
       # Logits and softmax run in float32 whatever the compute dtype.
-      encoded = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=self.causal)
+      encoded = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=self.causal,
+                                             implementation=self.attention_impl)
     output = _DenseEinsum(
         "...hd,hde->...e",
         (self.num_heads, head_dim, width),
@@ -211,13 +228,15 @@ class TransformerBlock(nn.Module):
   param_dtype: DType = jnp.float32
   activation: str = DEFAULT_ACTIVATION
   norm_eps: float = DEFAULT_NORM_EPS
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
     y = layer_norm(self.dtype, self.param_dtype, name="ln_attn", epsilon=self.norm_eps)(x)
     x = x + MultiHeadAttention(
-        self.num_heads, self.causal, self.dtype, self.param_dtype, name="attn"
+        self.num_heads, self.causal, self.dtype, self.param_dtype,
+        attention_impl=self.attention_impl, name="attn",
     )(y, mask=mask)
     y = layer_norm(self.dtype, self.param_dtype, name="ln_mlp", epsilon=self.norm_eps)(x)
     x = x + MlpBlock(self.mlp_dim, self.dtype, self.param_dtype, self.activation, name="mlp")(y)
@@ -246,6 +265,7 @@ class Encoder(nn.Module):
   param_dtype: DType = jnp.float32
   activation: str = DEFAULT_ACTIVATION
   norm_eps: float = DEFAULT_NORM_EPS
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -265,7 +285,7 @@ class Encoder(nn.Module):
 
     def make_block(name):
       return block_cls(self.num_heads, self.mlp_dim, self.causal, self.dtype, self.param_dtype,
-                       self.activation, self.norm_eps, name=name)
+                       self.activation, self.norm_eps, self.attention_impl, name=name)
 
     if self.scan_layers:
       scan = nn.scan(

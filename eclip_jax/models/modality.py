@@ -100,14 +100,15 @@ class ImagePixelEncoder(nn.Module):
   embed_dim: int
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, present: jax.Array) -> Encoded:
     tower = vit.ViT(**{**self.tower, "pool": "cls"}, scan_layers=self.scan_layers,
-                    remat_policy=self.remat_policy, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="tower")
+                    remat_policy=self.remat_policy, attention_impl=self.attention_impl,
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="tower")
     pooled, extras = tower(impute(images, present))
     tokens = jnp.concatenate([pooled[:, None], extras["tokens"]], axis=1)
     mask = jnp.broadcast_to(present[:, None], tokens.shape[:2])
@@ -131,6 +132,7 @@ class TokenSequenceEncoder(nn.Module):
   positions: bool = True
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -152,7 +154,8 @@ class TokenSequenceEncoder(nn.Module):
     tokens = nn.with_logical_constraint(tokens, layers.ACTIVATION_AXES)
     tokens = layers.Encoder(
         self.depth, self.num_heads, self.mlp_dim, scan_layers=self.scan_layers,
-        remat_policy=self.remat_policy, dtype=self.dtype, param_dtype=self.param_dtype,
+        remat_policy=self.remat_policy, attention_impl=self.attention_impl, dtype=self.dtype,
+        param_dtype=self.param_dtype,
         name="encoder",
     )(tokens, mask[:, None, None, :])
     return Encoded(tokens, mask, joint_embedding(self, tokens[:, 0], self.embed_dim))
@@ -162,7 +165,8 @@ def _sequence_encoder(module: nn.Module, size: dict[str, int], positions: bool
                       ) -> TokenSequenceEncoder:
   return TokenSequenceEncoder(
       **size, embed_dim=module.embed_dim, positions=positions, scan_layers=module.scan_layers,
-      remat_policy=module.remat_policy, dtype=module.dtype, param_dtype=module.param_dtype,
+      remat_policy=module.remat_policy, attention_impl=module.attention_impl, dtype=module.dtype,
+      param_dtype=module.param_dtype,
       name="sequence")
 
 
@@ -174,6 +178,7 @@ class RegionEncoder(nn.Module):
   embed_dim: int
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -202,6 +207,7 @@ class VideoEncoder(nn.Module):
   frame_tower: dict[str, Any] | None = None
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -214,8 +220,8 @@ class VideoEncoder(nn.Module):
         raise ValueError("model.video.frame_tower (ViT fields) is needed to encode video pixels")
       batch, num_frames = frames.shape[:2]
       pooled, _ = vit.ViT(**{**self.frame_tower, "pool": "cls"}, scan_layers=self.scan_layers,
-                          remat_policy=self.remat_policy, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="frame_tower")(
+                          remat_policy=self.remat_policy, attention_impl=self.attention_impl,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name="frame_tower")(
           frames.reshape(batch * num_frames, *frames.shape[2:]))
       frames = pooled.reshape(batch, num_frames, -1)
     x = dense(self.size["width"], (None, "embed"), self.dtype, self.param_dtype,
@@ -245,6 +251,7 @@ class AudioEncoder(nn.Module):
   patch_frames: int = 1
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 

@@ -120,6 +120,7 @@ class Scale(nn.Module):
   param_dtype: str | DType = "float32"
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"  # layers.ATTENTION_IMPLS
 
   def _check(self):
     unknown = sorted(set(self.modalities) - set(MODALITIES))
@@ -132,7 +133,7 @@ class Scale(nn.Module):
 
   def _kwargs(self) -> dict[str, Any]:
     return dict(scan_layers=self.scan_layers, remat_policy=self.remat_policy,
-                dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype))
+                attention_impl=self.attention_impl, dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype))
 
   def _input(self, name: str, batch_keys) -> str | None:
     """How `name` ("image" or "video") is encoded for a batch with `batch_keys`: "pixels",

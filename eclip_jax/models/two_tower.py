@@ -79,6 +79,7 @@ class TwoTower(nn.Module):
   param_dtype: str | DType = "float32"
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"  # layers.ATTENTION_IMPLS
 
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False) -> dict[str, Any]:
@@ -94,6 +95,7 @@ class TwoTower(nn.Module):
     tower_kwargs = dict(
         scan_layers=self.scan_layers,
         remat_policy=self.remat_policy,
+        attention_impl=self.attention_impl,
         dtype=dtype,
         param_dtype=param_dtype,
     )

@@ -140,6 +140,7 @@ class ViT(nn.Module):
   mlp_dim: int | None = None
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "xla"  # layers.ATTENTION_IMPLS
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
@@ -187,6 +188,7 @@ class ViT(nn.Module):
         size.mlp_dim,
         scan_layers=self.scan_layers,
         remat_policy=self.remat_policy,
+        attention_impl=self.attention_impl,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         activation=self.activation,
