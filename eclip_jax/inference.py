@@ -258,9 +258,9 @@ class Model:
 
 def _inference_config(config_dict: dict[str, Any], data_dir: str | None
                       ) -> ml_collections.ConfigDict:
-  """The run's config, laid out over the devices present (data parallel) and with the
-  `inference` and `input` fields a run from before they existed lacks (their defaults are
-  what it ran with)."""
+  """The run's config, laid out over the devices present (data parallel), with the
+  attention kernel they have, and with the `inference` and `input` fields a run from before
+  they existed lacks (their defaults are what it ran with)."""
   config = ml_collections.ConfigDict(config_dict)
   defaults = config_base.base_config().inference
   config.inference = ml_collections.ConfigDict({**defaults.to_dict(),
@@ -268,6 +268,8 @@ def _inference_config(config_dict: dict[str, Any], data_dir: str | None
   config.input = ml_collections.ConfigDict({**pipeline.default_input_config().to_dict(),
                                             **config.input.to_dict()})
   config.mesh = parallel.default_mesh_config()
+  if config.model.get("attention_impl") == "cudnn" and jax.default_backend() != "gpu":
+    config.model.attention_impl = "xla"  # the same attention: cuDNN's kernel is GPU-only
   if data_dir is not None:
     config.input.data_dir = data_dir
   return config

@@ -4,6 +4,7 @@ model does; image inputs in every form; search against a numpy ranking; clear er
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -176,3 +177,16 @@ def test_errors_name_the_fix(model, tiny_eclip_run, tmp_path):
       model.instance_maps([np.zeros((8, 8, 3), np.uint8)])
   finally:
     model.config.inference.image_map_output = "instance_attn_img"
+
+
+def test_a_run_trained_with_cudnn_attention_opens_off_gpu(model, tiny_eclip_run, tmp_path):
+  export = tmp_path / "export"
+  shutil.copytree(tiny_eclip_run[0] / trainer.EXPORT_DIR, export)
+  config = json.loads((export / "config.json").read_text())
+  config["model"]["attention_impl"] = "cudnn"  # as a GPU run would have trained
+  (export / "config.json").write_text(json.dumps(config))
+  photos, titles, _ = _records(tiny_eclip_run[1])
+  reopened = inference.Model.load(export, batch_size=8)
+  assert reopened.config.model.attention_impl == "xla"  # the same attention, CPU's kernel
+  np.testing.assert_array_equal(reopened.encode_images(photos), model.encode_images(photos))
+  np.testing.assert_array_equal(reopened.encode_texts(titles), model.encode_texts(titles))
