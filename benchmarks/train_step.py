@@ -1,7 +1,7 @@
 r"""Our train step per config, against the PyTorch peer's, alternated in one run.
 
   python benchmarks/train_step.py [--config=clip.py:tiny --config=...] [--rounds=5]
-      [--steps=N] [--peers=eager,compiled] [--devices=1]
+      [--steps=N] [--peers=eager,compiled] [--devices=1] [--try='model.dtype=bfloat16' ...]
 
 Configs (default: all three):
   clip.py:tiny   the demo's CLIP (ViT tiny /8 at 64 px, text tiny, batch 128)
@@ -12,7 +12,9 @@ Configs (default: all three):
                  examples per chip (BENCHMARKS.md, "On an accelerator")
 Any other `<file>.py:<arg>` of configs/ runs as its config says. A config that scans its
 layers (s16, as every accelerator config, for compile time) also runs unscanned; on a GPU
-every config also runs with cuDNN flash attention (`model.attention_impl="cudnn"`).
+every config also runs with cuDNN flash attention (`model.attention_impl="cudnn"`). Each
+`--try=FIELD=VALUE[;FIELD=VALUE...]` adds a row per config with those fields changed,
+timed in the same rounds (a config switch measured before/after in one run).
 
 Per config and implementation: the steady-state step time (median over `--rounds` rounds
 of `steps` steps, the implementations taking turns each round so that machine noise
@@ -32,10 +34,12 @@ from __future__ import annotations
 import harness  # noqa: F401  (first: sets the device count before JAX starts)
 
 import argparse  # noqa: E402
+import ast  # noqa: E402
 import importlib  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Mapping  # noqa: E402
+from collections.abc import Callable, Mapping, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -138,10 +142,42 @@ def has_peer(config: ml_collections.ConfigDict) -> bool:
   return config.model.name == "two_tower"
 
 
-def our_variants(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+def parse_try(text: str) -> dict[str, Any]:
+  """"model.dtype=bfloat16;model.remat_policy=full" -> {dotted field: value}; values are
+  Python literals where they parse as one (2e-3, True, (0.9, 1.0)), strings otherwise."""
+  fields = {}
+  for assignment in text.split(";"):
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--try={text!r}: write FIELD=VALUE[;FIELD=VALUE...]")
+    try:
+      fields[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      fields[key.strip()] = value.strip()
+  return fields
+
+
+def with_fields(config: ml_collections.ConfigDict, fields: Mapping[str, Any]
+                ) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted `fields` set (a field the config lacks is an error)."""
+  config = config.copy_and_resolve_references()
+  for key, value in fields.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise ValueError(f"--try: the config has no field {key!r}")
+    node[leaf] = value
+  return config
+
+
+def our_variants(config: ml_collections.ConfigDict, tries: Sequence[str] = ()
+                 ) -> dict[str, ml_collections.ConfigDict]:
   """Our implementations of a config: as it is; where it scans its layers (which
   accelerator configs do for compile time), also unscanned; on a GPU, also with cuDNN's
-  flash attention (`model.attention_impl="cudnn"`)."""
+  flash attention (`model.attention_impl="cudnn"`); and one per `tries` entry (`--try`:
+  the config with those fields changed)."""
   variants = {"eclip_jax": config}
   if config.model.get("scan_layers"):
     variants = {"eclip_jax scan": config, "eclip_jax no scan": config.copy_and_resolve_references()}
@@ -150,20 +186,24 @@ def our_variants(config: ml_collections.ConfigDict) -> dict[str, ml_collections.
     as_configured = next(iter(variants))
     variants[f"{as_configured} cudnn"] = config.copy_and_resolve_references()
     variants[f"{as_configured} cudnn"].model.attention_impl = "cudnn"
+  for text in tries:
+    variants[f"eclip_jax {text}"] = with_fields(config, parse_try(text))
   return variants
 
 
 def measure(configs: Mapping[str, ml_collections.ConfigDict], rounds: int, steps: int | None,
-            peers: list[str]) -> tuple[list[dict], float, str]:
+            peers: list[str], tries: Sequence[str] = ()) -> tuple[list[dict], float, str]:
   """(one row per config and implementation, peak FLOP/s, its source); `peers`: which
-  PyTorch peers run beside ours ("eager", "compiled"). Our rows carry `vs_<peer>` = the
-  peer's step time / ours (> 1: ours is faster)."""
+  PyTorch peers run beside ours ("eager", "compiled"); `tries`: field changes to time as
+  well (`our_variants`). Our rows carry `vs_<peer>` = the peer's step time / ours (> 1:
+  ours is faster)."""
   peak, peak_source = peak_flops_per_device()
   # A CPU's measured peak is already the whole host's (XLA:CPU's devices share its cores).
   peak_devices = 1 if jax.default_backend() == "cpu" else jax.device_count()
   rows = []
   for name, config in configs.items():
-    ours = [Ours(variant, impl_name) for impl_name, variant in our_variants(config).items()]
+    ours = [Ours(variant, impl_name)
+            for impl_name, variant in our_variants(config, tries).items()]
     others = [Peer(config, compile=kind == "compiled") for kind in peers] if has_peer(config) else []
     n = steps or STEPS_PER_ROUND.get(name, 5)
     times: dict[str, list[float]] = {impl.name: [] for impl in ours + others}
@@ -211,6 +251,9 @@ def main(argv: list[str] | None = None, print_fn: Callable[[str], None] = print)
   parser.add_argument("--peers", default="eager,compiled",
                       help="the PyTorch peers to run: eager, compiled, both or none ('')")
   parser.add_argument("--devices", type=int, default=1)
+  parser.add_argument("--try", dest="tries", action="append", default=[],
+                      help="also time each config with FIELD=VALUE[;FIELD=VALUE...] set "
+                           "(repeatable; e.g. 'model.dtype=bfloat16')")
   args = parser.parse_args(argv)
   names = args.config or list(DEFAULT_CONFIGS)
   peers = [kind for kind in args.peers.split(",") if kind]
@@ -220,10 +263,11 @@ def main(argv: list[str] | None = None, print_fn: Callable[[str], None] = print)
     parser.error("the PyTorch peer is a CPU build (torch 2.13.0+cpu): pass --peers= on "
                  f"{jax.default_backend()}")
   rows, peak, source = measure({n: load_config(n) for n in names}, args.rounds, args.steps,
-                               peers)
+                               peers, args.tries)
   command = " ".join(["python benchmarks/train_step.py", *(f"--config={n}" for n in names),
                       f"--rounds={args.rounds}", *([f"--steps={args.steps}"] if args.steps else []),
-                      f"--peers={args.peers}", f"--devices={args.devices}"])
+                      f"--peers={args.peers}", f"--devices={args.devices}",
+                      *(f"--try='{text}'" for text in args.tries)])
   print_fn(f"{command}\n\npeak {peak / 1e9:.0f} GFLOP/s per device ({source})\n")
   print_fn(format_table(rows))
   return rows

@@ -71,3 +71,18 @@ def test_module_of_reads_jax_op_names():
           "encoder/block_0/mlp/fc1/dot_general")
   assert profile_step.module_of(name, depth=3) == "bwd TwoTower.encode_towers/image_tower/encoder"
   assert profile_step.module_of("jit(train_step)/add", depth=3) == "fwd add"
+
+
+def test_train_step_tries_a_field_change_in_the_same_run():
+  assert train_step.parse_try("model.dtype=bfloat16;optim.lr=2e-3") == {
+      "model.dtype": "bfloat16", "optim.lr": 2e-3}
+  config = _tiny_clip()
+  variants = train_step.our_variants(config, ["model.remat_policy=full"])
+  assert list(variants) == ["eclip_jax", "eclip_jax model.remat_policy=full"]
+  assert variants["eclip_jax model.remat_policy=full"].model.remat_policy == "full"
+  assert config.model.remat_policy == "none"  # the configured one is left as it was
+  with pytest.raises(ValueError, match="no field 'model.no_such_field'"):
+    train_step.our_variants(config, ["model.no_such_field=1"])
+  rows, _, _ = train_step.measure({"tiny": config}, rounds=1, steps=1, peers=[],
+                                  tries=["model.remat_policy=full"])
+  assert [row["impl"] for row in rows] == ["eclip_jax", "eclip_jax model.remat_policy=full"]
