@@ -7,9 +7,8 @@ r"""The claim as a curve: CLIP vs ECLIP tiny at every clutter level of toyshop, 
 It builds `toyshop/{size}_{level}` for every level (reused when built), then trains and
 evaluates `configs/{method}.py:tiny` on each once per seed into `ROOT/{size}_{level}/
 {method}_seed{seed}`, one run after another, seed by seed (every level at seed 0 first); a
-run whose workdir already holds its final
-evaluation is skipped, and an interrupted one resumes from its checkpoint, so the command
-can be stopped and run again. Then it prints one table per level
+run whose workdir already holds its final evaluation is skipped, and an interrupted one
+resumes from its checkpoint, so the command can be stopped and run again. Then it prints one table per level
 (`python -m eclip_jax.summarize`), the ladder table (mean ± std over the seeds of image-only
 product mAP@10 and pointing accuracy per method, with the box-area chance and center prior
 of the same test photos) and draws it into `--plot`: x the clutter level, y product mAP@10
@@ -49,8 +48,8 @@ def _finished(workdir: str) -> bool:
 
 def train(args, extra: list[str]) -> None:
   for level in args.levels:
-    _run([sys.executable, "-m", "eclip_jax.data.prepare", f"--dataset=toyshop/{args.size}_{level}",
-          f"--data_dir={args.data_dir}"])
+    _run([sys.executable, "-m", "eclip_jax.data.prepare",
+          f"--dataset=toyshop/{args.size}_{level}", f"--data_dir={args.data_dir}"])
   # Seed-major, so that a stopped command leaves every level measured at the same seeds.
   for seed in args.seeds:
     for level in args.levels:

@@ -180,12 +180,11 @@ def our_variants(config: ml_collections.ConfigDict, tries: Sequence[str] = ()
   the config with those fields changed)."""
   variants = {"eclip_jax": config}
   if config.model.get("scan_layers"):
-    variants = {"eclip_jax scan": config, "eclip_jax no scan": config.copy_and_resolve_references()}
-    variants["eclip_jax no scan"].model.scan_layers = False
+    variants = {"eclip_jax scan": config,
+                "eclip_jax no scan": with_fields(config, {"model.scan_layers": False})}
   if jax.default_backend() == "gpu" and config.model.get("attention_impl") == "xla":
-    as_configured = next(iter(variants))
-    variants[f"{as_configured} cudnn"] = config.copy_and_resolve_references()
-    variants[f"{as_configured} cudnn"].model.attention_impl = "cudnn"
+    variants[f"{next(iter(variants))} cudnn"] = with_fields(
+        config, {"model.attention_impl": "cudnn"})
   for text in tries:
     variants[f"eclip_jax {text}"] = with_fields(config, parse_try(text))
   return variants
