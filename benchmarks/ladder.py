@@ -13,19 +13,26 @@ resumes from its checkpoint, so the command can be stopped and run again. Then i
 product mAP@10 and pointing accuracy per method, with the box-area chance and center prior
 of the same test photos) and draws it into `--plot`: x the clutter level, y product mAP@10
 and pointing accuracy, both methods, mean ± std, with the two pointing references.
-`--summarize_only` skips training and tabulates whatever runs exist.
+`--summarize_only` skips training and tabulates what the record and `--root` hold.
+
+Every finished run's final figures also go into `--record` (JSON, `results/ladder_runs.json`
+in the repository: commit it), and the tables and the plot are drawn from the record, so
+they survive their workdirs: a machine that lost them, or a later session adding seeds,
+keeps every earlier measurement with its date and source. A workdir present overwrites its
+run's entry.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import argparse  # noqa: E402
+
+from absl import app  # noqa: E402
 
 from eclip_jax import summarize  # noqa: E402
 
@@ -55,7 +62,7 @@ def train(args, extra: list[str]) -> None:
     for level in args.levels:
       dataset = f"toyshop/{args.size}_{level}"
       for method in args.methods:
-        workdir = os.path.join(args.root, f"{args.size}_{level}", f"{method}_seed{seed}")
+        workdir = os.path.join(args.root, _run_name(args.size, level, method, seed))
         if _finished(workdir):
           print(f"{workdir}: done, skipped", flush=True)
           continue
@@ -65,32 +72,54 @@ def train(args, extra: list[str]) -> None:
               "--config.eval_every_steps=0", *extra])
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _run_name(size: str, level: str, method: str, seed: int) -> str:
+  return f"{size}_{level}/{method}_seed{seed}"
 
 
-def ladder(args) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
-  """level -> method (and "references") -> metric -> (mean, std, n) over finished seeds."""
+def update_record(args) -> dict[str, dict]:
+  """Writes every finished requested run's final figures into the record at `args.record`;
+  returns its runs (`summarize.update_record`)."""
+  finished = {}
+  for level in args.levels:
+    for method in args.methods:
+      for seed in args.seeds:
+        name = _run_name(args.size, level, method, seed)
+        if _finished(os.path.join(args.root, name)):
+          finished[name] = os.path.join(args.root, name)
+  from eclip_jax.data import builders  # pylint: disable=g-import-not-at-top (loads TFDS)
+  try:
+    return summarize.update_record(args.record, finished, LEVEL_METRICS,
+                                   world=f"toyshop {builders.Toyshop.VERSION}")
+  except app.UsageError as error:
+    sys.exit(str(error))
+
+
+def ladder(args, recorded: dict[str, dict]):
+  """level -> method (and "references") -> metric -> (mean, std, n) over recorded seeds."""
   rows = {}
   for level in args.levels:
-    runs = {m: [os.path.join(args.root, f"{args.size}_{level}", f"{m}_seed{s}")
-                for s in args.seeds] for m in args.methods}
-    runs = {m: [w for w in workdirs if _finished(w)] for m, workdirs in runs.items()}
-    finished = [w for workdirs in runs.values() for w in workdirs]
-    if not finished:
+    named, by_method = {}, {}  # run name -> metrics; method -> the metrics of its seeds
+    for method in args.methods:
+      for seed in args.seeds:
+        name = _run_name(args.size, level, method, seed)
+        if name in recorded:
+          named[name] = recorded[name]["metrics"]
+          by_method.setdefault(method, []).append(named[name])
+    if not named:
       continue
     print(f"\n### toyshop/{args.size}_{level}\n")
-    print(summarize.table(finished, LEVEL_METRICS, aggregate=False))
-    rows[level] = {}
-    for method, workdirs in runs.items():
-      finals = [summarize.final_metrics(w) for w in workdirs]
-      if finals:
-        rows[level][method] = {k: (*_mean_std([f[k] for f in finals]), len(finals))
-                               for k in (MAP10, POINTING)}
-    # The references depend on the test photos only: the same in every run of the level.
-    finals = [summarize.final_metrics(w) for w in finished]
-    rows[level]["references"] = {k: (*_mean_std([f[k] for f in finals]), len(finals))
-                                 for k in REFERENCES}
+    logged = [k for k in LEVEL_METRICS if any(k in final for final in named.values())]
+    print(summarize.runs_table(named, logged, aggregate=False))
+    rows[level] = {method: {k: (*summarize.mean_std([f[k] for f in finals]), len(finals))
+                            for k in (MAP10, POINTING)}
+                   for method, finals in by_method.items()}
+    # The references depend on the test photos only: the same in every run of the level
+    # (runs recorded without them, transcribed from a table that rounded them, do not count).
+    rows[level]["references"] = {}
+    for key in REFERENCES:
+      values = [f[key] for f in named.values() if key in f]
+      mean_std = summarize.mean_std(values) if values else (float("nan"), 0.0)
+      rows[level]["references"][key] = (*mean_std, len(values))
   return rows
 
 
@@ -104,7 +133,8 @@ def ladder_table(rows, methods) -> str:
       for method in methods:
         mean, std, n = row.get(method, {}).get(key, (float("nan"), 0.0, 0))
         cells.append(f"{mean:.4f} ± {std:.4f} (n={n})" if n else "–")
-    cells += [f"{row['references'][k][0]:.3f}" for k in REFERENCES]
+    cells += [f"{row['references'][k][0]:.3f}" if row["references"][k][2] else "–"
+              for k in REFERENCES]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -152,13 +182,14 @@ def main():
   parser.add_argument("--data_dir", default="data")
   parser.add_argument("--root", default="workdirs/ladder")
   parser.add_argument("--plot", default="ladder.png")
+  parser.add_argument("--record", default="results/ladder_runs.json")
   parser.add_argument("--summarize_only", action="store_true")
   args = parser.parse_args(argv)
   args.levels, args.methods = args.levels.split(","), args.methods.split(",")
   args.seeds = [int(s) for s in args.seeds.split(",")]
   if not args.summarize_only:
     train(args, extra)
-  rows = ladder(args)
+  rows = ladder(args, update_record(args))
   if not rows:
     sys.exit("no finished runs to summarize")
   print("\n### The ladder (mean ± std over seeds)\n")

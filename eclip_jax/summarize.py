@@ -22,10 +22,13 @@ metric no run has (a misspelt key would otherwise be a silent column of "–").
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import json
+import os
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from absl import app, flags
 from etils import epath
@@ -54,21 +57,66 @@ def final_metrics(workdir: str) -> dict[str, float]:
 
 def table(workdirs: Sequence[str], keys: Sequence[str], aggregate: bool = True) -> str:
   """One row per run, then (`aggregate`) `mean ± std` over the runs (sample std; n-1)."""
-  runs = {workdir: final_metrics(workdir) for workdir in workdirs}
+  return runs_table({workdir: final_metrics(workdir) for workdir in workdirs}, keys, aggregate)
+
+
+def runs_table(runs: Mapping[str, Mapping[str, float]], keys: Sequence[str],
+               aggregate: bool = True) -> str:
+  """`table` of final metrics already at hand (run name -> metrics), e.g. from a record of
+  runs whose workdirs are gone; a metric a run lacks is "–"."""
   _check_keys(keys, runs)
   lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-  for workdir, final in runs.items():
+  for run, final in runs.items():
     values = " | ".join(f"{final[k]:.4f}" if k in final else "–" for k in keys)
-    lines.append(f"| {workdir} | {final.get('step', '–')} | {values} |")
+    lines.append(f"| {run} | {final.get('step', '–')} | {values} |")
   if not aggregate:
     return "\n".join(lines)
   summary = []
   for key in keys:
     values = [final[key] for final in runs.values() if key in final]
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    summary.append(f"{statistics.mean(values):.4f} ± {spread:.4f}" if values else "–")
+    summary.append("{:.4f} ± {:.4f}".format(*mean_std(values)) if values else "–")
   lines.append(f"| mean ± std (n={len(runs)}) | | " + " | ".join(summary) + " |")
   return "\n".join(lines)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (n-1; 0 for a single value)."""
+  return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def update_record(path: str, workdirs: Mapping[str, str], keys: Sequence[str],
+                  world: str) -> dict[str, dict]:
+  """Adds the final `keys` of runs (name -> finished workdir) to the JSON record at `path`
+  and returns all its runs (name -> {"metrics", "measured", "source"}).
+
+  A record keeps measurements that outlive their workdirs (commit it beside the tables drawn
+  from it), so a study can span machines and sessions; a workdir present replaces its run's
+  entry. One record holds runs on one `world` (e.g. "toyshop 2.0.0": the data's builder and
+  version): runs on another world are not comparable, so adding to it is a one-line error.
+  """
+  record = {"world": world, "runs": {}}
+  if os.path.isfile(path):
+    with open(path) as f:
+      record = json.load(f)
+    if record["world"] != world:
+      raise app.UsageError(f"{path} holds runs on {record['world']}, these are on {world}: "
+                           "move it aside or record elsewhere")
+  for name, workdir in workdirs.items():
+    final = final_metrics(workdir)
+    written = (epath.Path(workdir) / metrics_lib.METRICS_FILE).stat().mtime
+    record["runs"][name] = {
+        "metrics": {k: final[k] for k in ("step", *keys) if k in final},
+        "measured": datetime.datetime.fromtimestamp(written, datetime.timezone.utc)
+                    .strftime("%Y-%m-%d"),
+        "source": f"workdir {workdir}",
+    }
+  record["runs"] = dict(sorted(record["runs"].items()))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:  # then renamed: never a half-written record
+    json.dump(record, f, indent=1)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+  return record["runs"]
 
 
 def pointing_reading(workdir: str, name: str = "grounding") -> str | None:
@@ -83,7 +131,7 @@ def pointing_reading(workdir: str, name: str = "grounding") -> str | None:
           f"(box-area chance {chance:.0%})")
 
 
-def _check_keys(keys: Sequence[str], runs: dict[str, dict[str, float]]) -> None:
+def _check_keys(keys: Sequence[str], runs: Mapping[str, Mapping[str, float]]) -> None:
   """Raises UsageError for a key that none of the runs logged."""
   logged = sorted({key for final in runs.values() for key in final} - {"step"})
   for key in keys:

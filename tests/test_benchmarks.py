@@ -1,8 +1,11 @@
 """Benchmark scripts run end to end at test size and report every figure (no timing claims:
 which mode is faster is what they measure, not what a test may assume)."""
 
+import argparse
+import json
 import math
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -11,7 +14,9 @@ import jax  # noqa: F401  (before the harness: the tests' 8 devices stay as conf
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
 import checkpoint_blocking  # noqa: E402  (benchmarks/ is scripts, not a package)
+import ladder  # noqa: E402
 import profile_step  # noqa: E402
+import scale_evidence  # noqa: E402
 import train_step  # noqa: E402
 
 
@@ -86,3 +91,55 @@ def test_train_step_tries_a_field_change_in_the_same_run():
   rows, _, _ = train_step.measure({"tiny": config}, rounds=1, steps=1, peers=[],
                                   tries=["model.remat_policy=full"])
   assert [row["impl"] for row in rows] == ["eclip_jax", "eclip_jax model.remat_policy=full"]
+
+
+def test_ladder_record_keeps_runs_whose_workdirs_are_gone(tmp_path):
+  def args(seeds):
+    return argparse.Namespace(size="medium", levels=["light"], methods=["clip", "eclip"],
+                              seeds=seeds, root=str(tmp_path / "runs"),
+                              record=str(tmp_path / "record.json"))
+
+  def finish(method, seed, value):
+    workdir = tmp_path / "runs" / "medium_light" / f"{method}_seed{seed}"
+    workdir.mkdir(parents=True)
+    row = {"step": 600, ladder.MAP10: value, ladder.POINTING: 2 * value,
+           ladder.REFERENCES[0]: 0.25, ladder.REFERENCES[1]: 0.5}
+    (workdir / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+
+  finish("clip", 0, 0.1)
+  finish("eclip", 0, 0.3)
+  ladder.update_record(args([0]))
+  shutil.rmtree(tmp_path / "runs")  # the machine that ran seed 0 is gone
+  finish("clip", 1, 0.2)  # seed 1 of CLIP ran elsewhere
+  rows = ladder.ladder(args([0, 1]), ladder.update_record(args([0, 1])))
+  assert rows["light"]["clip"][ladder.MAP10] == pytest.approx((0.15, 0.0707107, 2))
+  assert rows["light"]["eclip"][ladder.POINTING] == (0.6, 0.0, 1)
+  assert rows["light"]["references"][ladder.REFERENCES[1]] == (0.5, 0.0, 3)
+  recorded = json.loads((tmp_path / "record.json").read_text())
+  assert recorded["world"].startswith("toyshop ")
+  assert recorded["runs"]["medium_light/clip_seed1"]["source"].endswith("clip_seed1")
+  assert "| eclip pointing |" in ladder.ladder_table(rows, ["clip", "eclip"])
+
+  recorded["world"] = "toyshop 0.1.0"  # a record of another world is never mixed in
+  (tmp_path / "record.json").write_text(json.dumps(recorded))
+  with pytest.raises(SystemExit, match="holds runs on toyshop 0.1.0"):
+    ladder.update_record(args([0]))
+
+
+def test_scale_evidence_tabulates_recorded_arms(tmp_path):
+  for arm, seed, value in (("five", 0, 0.2), ("five", 1, 0.4), ("text", 0, 0.1)):
+    workdir = tmp_path / "runs" / f"{arm}_seed{seed}"
+    workdir.mkdir(parents=True)
+    row = {"step": 600, **{key: value for key in scale_evidence.METRICS.values()}}
+    (workdir / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+  args = argparse.Namespace(arms=["five", "text", "harmonize_off"], seeds=[0, 1],
+                            root=str(tmp_path / "runs"), record=str(tmp_path / "record.json"))
+  recorded = scale_evidence.update_record(args)
+  assert sorted(recorded) == ["five_seed0", "five_seed1", "text_seed0"]
+  lines = scale_evidence.arm_table(["text", "five", "harmonize_off"], [0, 1], recorded).splitlines()
+  assert lines[2] == "| text | 1 | " + " | ".join(["0.1000 ± 0.0000"] * 5) + " |"
+  assert lines[3] == "| five | 2 | " + " | ".join(["0.3000 ± 0.1414"] * 5) + " |"
+  assert lines[4] == "| harmonize_off | 0 | " + " | ".join(["–"] * 5) + " |"
+  assert scale_evidence._config("five") == "configs/scale.py:tiny"
+  assert scale_evidence._config("missing0.3_complete_only") == (
+      "configs/scale.py:tiny,missing=0.3,complete_only")
