@@ -119,6 +119,7 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{field}={value} must be two finite numbers, the first "
                        f"smaller; set --config.{field} to such a pair.")
   _check_patches(config)
+  _check_mlm_slots(config)
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:
@@ -150,6 +151,24 @@ def _check_patches(config: ml_collections.ConfigDict) -> None:
           f"config.{field}={size} is not a multiple of the ViT patch size {patch} "
           f"(config.model.image); use a multiple of {patch}, e.g. "
           f"{max(patch, round(size / patch) * patch)}.")
+
+
+def _check_mlm_slots(config: ml_collections.ConfigDict) -> None:
+  """`model.mlm_slots` (SCALE) leaves room for the targets 15%-style masking draws: at least
+  ⌈input.mask_prob · length⌉ per row (a title's exact bound; a table's entities may take
+  more, and what they leave unscored is counted)."""
+  slots = config.model.get("mlm_slots") or {}
+  lengths = {"text": "input.max_text_len", "table": "input.max_table_len"}
+  for name, count in slots.items():
+    if name not in lengths:
+      raise ValueError(f"config.model.mlm_slots has {name!r}; it takes text and table.")
+    _check(f"model.mlm_slots.{name}", count, COUNT_OR_ZERO)
+    needed = math.ceil(config.input.mask_prob * _get(config, lengths[name]))
+    if count and config.input.get("masking") and count < needed:
+      raise ValueError(
+          f"config.model.mlm_slots.{name}={count} is below the {needed} targets a row can have "
+          f"(input.mask_prob {config.input.mask_prob} of config.{lengths[name]} "
+          f"{_get(config, lengths[name])}); set it to {needed} or more, or 0 for every position.")
 
 
 def check_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> None:

@@ -1,12 +1,15 @@
 """configs/scale.py: its arguments, and a tiny run that trains on the 8 simulated devices,
 ends with the M5Product protocol and resumes exactly."""
 
+import re
+
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import scale
+from eclip_jax import config_checks
 from eclip_jax import metrics as metrics_lib
 from eclip_jax import trainer
 from tests.helpers import final_params
@@ -39,6 +42,21 @@ def test_knobs_reach_their_sections():
 def test_bad_arguments_fail_with_one_clear_error(arg, message):
   with pytest.raises(ValueError, match=message):
     scale.get_config(arg)
+
+
+def test_mlm_slots_cover_the_masked_targets_or_fail_before_compiling():
+  config = scale.get_config("tiny")
+  assert config.model.mlm_slots.text == 4  # ⌈0.15 · 24⌉: a title's targets, exactly
+  config_checks.check_ranges(config)
+  config.input.mask_prob = 0.3
+  config.model.mlm_slots.table = 0  # every position: no bound to check
+  with pytest.raises(ValueError, match=re.escape(
+      "config.model.mlm_slots.text=4 is below the 8 targets a row can have (input.mask_prob "
+      "0.3 of config.input.max_text_len 24); set it to 8 or more, or 0 for every position.")):
+    config_checks.check_ranges(config)
+  config.model.mlm_slots = {"title": 4}
+  with pytest.raises(ValueError, match="mlm_slots has 'title'; it takes text and table"):
+    config_checks.check_ranges(config)
 
 
 def _tiny_run_config(data_dir, **overrides):

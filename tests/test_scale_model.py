@@ -183,6 +183,38 @@ def test_fusion_never_attends_to_a_missing_modality(setup):
   assert np.abs(full["fused_text_emb"][0] - without_table["fused_text_emb"][0]).max() > 1e-3
 
 
+def test_mlm_slots_score_the_masked_positions_only(setup):
+  """With `mlm_slots`, the vocabulary heads run on each row's masked positions (in order,
+  then unmasked ones to fill K) and give the every-position logits there; nothing else
+  changes."""
+  _, _, batch, variables, apply = setup
+  rng = np.random.default_rng(3)
+  batch = dict(batch)
+  for name, length in (("text", TEXT_LEN), ("table", TABLE_LEN)):
+    targets = np.full((BATCH, length), -1, np.int32)
+    for row in range(BATCH):  # 0, 1, 2 and 0 targets
+      where = np.sort(rng.choice(length, size=row % 3, replace=False))
+      targets[row, where] = rng.integers(0, VOCAB, len(where))
+    batch[f"{name}_mlm_targets"] = targets
+  want = apply(variables, batch)
+  slots = {"text": 2, "table": 3}
+  got = jax.jit(scale.Scale(**model_fields(mlm_slots=slots)).apply)(variables, batch)
+  for name, count in slots.items():
+    positions = np.asarray(got.pop(f"{name}_mlm_positions"))
+    assert positions.shape == (BATCH, count)
+    for row, targets in enumerate(batch[f"{name}_mlm_targets"]):
+      masked = np.flatnonzero(targets >= 0)
+      np.testing.assert_array_equal(positions[row, :len(masked)], masked)
+      assert len(set(positions[row])) == count
+    np.testing.assert_allclose(
+        got.pop(f"{name}_mlm_logits"),
+        np.take_along_axis(want.pop(f"{name}_mlm_logits"), positions[..., None], axis=1),
+        atol=1e-6, rtol=0, err_msg=name)
+  assert set(got) == set(want)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], atol=1e-6, rtol=0, err_msg=key)
+
+
 def test_more_padding_changes_no_output(setup):
   """Two more title positions, masked out and holding random tokens, change nothing."""
   _, _, batch, variables, apply = setup

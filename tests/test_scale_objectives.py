@@ -236,6 +236,35 @@ def test_masked_matches_float64_reference_on_8_and_1_devices(harmonize, norm_tar
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
 
 
+def test_mlm_at_slots_equals_every_position_and_counts_what_it_leaves():
+  """Logits at the masked positions only (the model's `mlm_slots`) give the every-position
+  loss when the slots hold every target; with fewer slots the rest are counted."""
+  outputs, batch = _example(seed=3)
+  ctx = _ctx(_mesh(8), "code")
+  want_loss, want = _run(scale.scale_masked_objective, outputs, batch, ctx)
+  for slots, leaves_out in ((None, False), (1, True)):
+    sloted = dict(outputs)
+    for name in ("text", "table"):
+      targets, logits = batch[f"{name}_mlm_targets"], outputs[f"{name}_mlm_logits"]
+      positions = np.argsort(targets < 0, axis=1, kind="stable")[:, :slots or targets.shape[1]]
+      sloted[f"{name}_mlm_positions"] = positions.astype(np.int32)
+      sloted[f"{name}_mlm_logits"] = np.take_along_axis(logits, positions[..., None], axis=1)
+    loss, metrics = _run(scale.scale_masked_objective, sloted, batch, ctx)
+    present = _example(seed=3)[0]
+    for name in ("text", "table"):
+      targets = batch[f"{name}_mlm_targets"]
+      rows = present[f"{name}_present"][:, None]
+      kept = np.take_along_axis(targets, sloted[f"{name}_mlm_positions"], axis=1)
+      assert metrics[f"unscored_{name}_mlm"] == ((targets >= 0) & rows).sum() - (
+          (kept >= 0) & rows).sum()
+      assert (metrics[f"unscored_{name}_mlm"] > 0) == leaves_out
+      if not leaves_out:
+        np.testing.assert_allclose(metrics[f"loss_{name}_mlm"], want[f"loss_{name}_mlm"],
+                                   rtol=1e-6)
+    if not leaves_out:
+      np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+
+
 def test_absent_heads_and_targets_are_skipped():
   outputs, batch = _example(seed=2)
   del outputs["frame_pred"], batch["audio_mel_mlm_mask"]

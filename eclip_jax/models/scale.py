@@ -27,6 +27,9 @@ Outputs, for each modality m that ran (the objectives' and evaluators' contract)
                             missing)
     fused_emb        [B,D]  sum of fused_{m}_emb: the M5Product protocol's embedding
     text_mlm_logits  [B,L,V]      table_mlm_logits [B,Lt,V]    (from the fused tokens)
+                     with `mlm_slots` and the batch's `*_mlm_targets`: [B,K,V] at K
+                     positions per row, the masked ones first, and
+    text_mlm_positions [B,K]      table_mlm_positions [B,K]    those positions
     region_pred      [B,R,2048]   frame_pred [B,F,1024]   (feature inputs only)
     image_patch_pred [B,P,p·p·3]  one prediction per image patch (pixel input)
     audio_mel_pred   [B,T,80]     one prediction per mel frame
@@ -121,6 +124,12 @@ class Scale(nn.Module):
   scan_layers: bool = False
   remat_policy: str = "none"
   attention_impl: str = "xla"  # layers.ATTENTION_IMPLS
+  # Masked-token predictions per row ({"text": K, "table": K}): the vocabulary head, at
+  # training time most of the step's cost when it scores every position, runs on K of them
+  # (the masked ones first), as BERT's max_predictions_per_seq. A K below a row's number of
+  # targets leaves the rest unscored (counted: the objective's `unscored_*`); None or 0:
+  # every position.
+  mlm_slots: dict[str, int] | None = None
 
   def _check(self):
     unknown = sorted(set(self.modalities) - set(MODALITIES))
@@ -281,8 +290,16 @@ class Scale(nn.Module):
     if name in ("text", "table"):
       fields = self.text if name == "text" or self.share_text_encoders else (self.table or
                                                                              self.text)
-      return {f"{name}_mlm_logits": PredictionHead(
-          fields["vocab_size"], "vocab", **head_kwargs, name=f"{name}_mlm_head")(segment)}
+      result = {}
+      slots, targets = (self.mlm_slots or {}).get(name, 0), batch.get(f"{name}_mlm_targets")
+      if slots and targets is not None and slots < segment.shape[1]:
+        # Only masked positions have a loss. A stable sort puts them first, in order.
+        positions = jnp.argsort(targets < 0, axis=1, stable=True)[:, :slots]
+        segment = jnp.take_along_axis(segment, positions[..., None], axis=1)
+        result[f"{name}_mlm_positions"] = positions
+      result[f"{name}_mlm_logits"] = PredictionHead(
+          fields["vocab_size"], "vocab", **head_kwargs, name=f"{name}_mlm_head")(segment)
+      return result
     if name == "image" and self._input("image", batch) == "pixels":
       patch = vit.ViT(**self.image, parent=None).shape()[1]
       return {"image_patch_pred": PredictionHead(

@@ -9,7 +9,8 @@
 Model output contract (what these objectives read; the model provides exactly these names).
 For each modality m the model has, in MODALITIES order: `{m}_emb` [B, D] (pooled unimodal
 embedding), `{m}_present` [B] bool; the heads `text_mlm_logits` [B, L, V],
-`table_mlm_logits` [B, Lt, V], `region_pred` [B, R, 2048], `frame_pred` [B, F, 1024],
+`table_mlm_logits` [B, Lt, V] (or [B, K, V] at the positions `text_mlm_positions` /
+`table_mlm_positions` [B, K] say, when the model scores K per row), `region_pred` [B, R, 2048], `frame_pred` [B, F, 1024],
 `audio_mel_pred` [B, T, 80], `image_patch_pred` [B, P, p·p·3]; `logit_scale` (scalar,
 exponentiated) when `scale.temperature` is 0; and `harmonization` [M, M]
 (M = len(MODALITIES), the parameter of `HarmonizationWeights`, which the model hosts) when
@@ -298,7 +299,13 @@ def scale_masked_objective(outputs: dict[str, Any], batch: dict[str, Any], ctx):
     elif mode == "learned":
       loss_weight = metrics[f"weight_{name}"] = weights[i, i]
     if mask_key is None:
-      loss = token_cross_entropy(outputs[head], batch[target_key], rows, row_weights)
+      targets, positions = batch[target_key], outputs.get(head.replace("_logits", "_positions"))
+      if positions is not None:  # the model scored these positions only (its `mlm_slots`)
+        scored = jnp.take_along_axis(targets, positions, axis=1)
+        metrics[f"unscored_{name}"] = (jnp.sum((targets >= 0) & rows[:, None])
+                                       - jnp.sum((scored >= 0) & rows[:, None]))
+        targets = scored
+      loss = token_cross_entropy(outputs[head], targets, rows, row_weights)
     else:
       targets = batch[target_key]
       if name == "image_patch":  # [B,H,W,3] -> the prediction's [B,P,p·p·3] patches
