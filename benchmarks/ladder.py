@@ -8,11 +8,12 @@ It builds `toyshop/{size}_{level}` for every level (reused when built), then tra
 evaluates `configs/{method}.py:tiny` on each once per seed into `ROOT/{size}_{level}/
 {method}_seed{seed}`, one run after another, seed by seed (every level at seed 0 first); a
 run whose workdir already holds its final evaluation is skipped, and an interrupted one
-resumes from its checkpoint, so the command can be stopped and run again. Then it prints one table per level
-(`python -m eclip_jax.summarize`), the ladder table (mean ± std over the seeds of image-only
-product mAP@10 and pointing accuracy per method, with the box-area chance and center prior
-of the same test photos) and draws it into `--plot`: x the clutter level, y product mAP@10
-and pointing accuracy, both methods, mean ± std, with the two pointing references.
+resumes from its checkpoint, so the command can be stopped and run again. Then it prints
+one table per level (its runs' final figures), the ladder table (mean ± std over the seeds
+of image-only product mAP@10 and pointing accuracy per method, with the box-area chance
+and center prior of the same test photos) and draws it into `--plot`: x the clutter level,
+y product mAP@10 (log scale) and pointing accuracy, both methods, mean ± std, with the two
+pointing references.
 `--summarize_only` skips training and tabulates what the record and `--root` hold.
 
 Every finished run's final figures also go into `--record` (JSON, `results/ladder_runs.json`

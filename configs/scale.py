@@ -129,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "remat_policy": "dots_no_batch",
     })
   config.model.modalities = modalities
-  # The vocabulary heads score the masked positions only (2.x faster at tiny: BENCHMARKS).
+  # The vocabulary heads score the masked positions only (1.7x faster at tiny; BENCHMARKS).
   # A title masks ≤ ⌈15% · L⌉ tokens; a table whole entities, ≤ ⌊15% · Lt⌋ tokens plus the
   # entity that crosses that budget: +4 covers entities of 5 tokens, toyshop's longest
   # (longer ones leave targets unscored, counted as train/scale_masked/unscored_table_mlm).

@@ -10,13 +10,13 @@ Model output contract (what these objectives read; the model provides exactly th
 For each modality m the model has, in MODALITIES order: `{m}_emb` [B, D] (pooled unimodal
 embedding), `{m}_present` [B] bool; the heads `text_mlm_logits` [B, L, V],
 `table_mlm_logits` [B, Lt, V] (or [B, K, V] at the positions `text_mlm_positions` /
-`table_mlm_positions` [B, K] say, when the model scores K per row), `region_pred` [B, R, 2048], `frame_pred` [B, F, 1024],
-`audio_mel_pred` [B, T, 80], `image_patch_pred` [B, P, p·p·3]; `logit_scale` (scalar,
-exponentiated) when `scale.temperature` is 0; and `harmonization` [M, M]
-(M = len(MODALITIES), the parameter of `HarmonizationWeights`, which the model hosts) when
-`scale.harmonize="learned"`. Batch keys (data/transforms.py): `text_mlm_targets` [B, L] and
-`table_mlm_targets` [B, Lt] (the original token where masked, -1 elsewhere),
-`region_feats` + `region_mlm_mask`, `frame_feats` + `frame_mlm_mask`, `audio_mel` +
+`table_mlm_positions` [B, K] say, when the model scores K per row), `region_pred`
+[B, R, 2048], `frame_pred` [B, F, 1024], `audio_mel_pred` [B, T, 80], `image_patch_pred`
+[B, P, p·p·3]; `logit_scale` (scalar, exponentiated) when `scale.temperature` is 0; and
+`harmonization` [M, M] (M = len(MODALITIES), the parameter of `HarmonizationWeights`, which
+the model hosts) when `scale.harmonize="learned"`. Batch keys (data/transforms.py):
+`text_mlm_targets` [B, L] and `table_mlm_targets` [B, Lt] (the original token where masked,
+-1 elsewhere), `region_feats` + `region_mlm_mask`, `frame_feats` + `frame_mlm_mask`, `audio_mel` +
 `audio_mel_mlm_mask`, `image` + `image_mlm_mask` (per patch, row-major; the targets are the
 image's p×p patches). A modality the model lacks takes part in nothing; a masked term whose
 head or targets are absent is skipped. The heads are the model's predictions from the fused
