@@ -7,8 +7,9 @@ r"""The claim as a curve: CLIP vs ECLIP tiny at every clutter level of toyshop, 
 It builds `toyshop/{size}_{level}` for every level (reused when built), then trains and
 evaluates `configs/{method}.py:tiny` on each once per seed into `ROOT/{size}_{level}/
 {method}_seed{seed}`, one run after another, seed by seed (every level at seed 0 first); a
-run whose workdir already holds its final evaluation is skipped, and an interrupted one
-resumes from its checkpoint, so the command can be stopped and run again. Then it prints
+run that `--record` holds, or whose workdir already holds its final evaluation, is skipped,
+and an interrupted one resumes from its checkpoint, so the command can be stopped and run
+again. Then it prints
 one table per level (its runs' final figures), the ladder table (mean ± std over the seeds
 of image-only product mAP@10 and pointing accuracy per method, with the box-area chance
 and center prior of the same test photos) and draws it into `--plot`: x the clutter level,
@@ -16,7 +17,7 @@ y product mAP@10 (log scale) and pointing accuracy, both methods, mean ± std, w
 pointing references.
 `--summarize_only` skips training and tabulates what the record and `--root` hold.
 
-Every finished run's final figures also go into `--record` (JSON, `results/ladder_runs.json`
+Every run's final figures go into `--record` as it finishes (JSON, `results/ladder_runs.json`
 in the repository: commit it), and the tables and the plot are drawn from the record, so
 they survive their workdirs: a machine that lost them, or a later session adding seeds,
 keeps every earlier measurement with its date and source. A workdir present overwrites its
@@ -25,17 +26,13 @@ run's entry.
 
 from __future__ import annotations
 
+import argparse
 import os
-import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import study
 
-import argparse  # noqa: E402
-
-from absl import app  # noqa: E402
-
-from eclip_jax import summarize  # noqa: E402
+from eclip_jax import summarize
 
 LEVEL_METRICS = ("eval/retrieval/i2t_r10", "eval/zeroshot/top1", "eval/product_retrieval/map10",
                  "eval/product_retrieval/r1", "eval/grounding/pointing_acc",
@@ -44,33 +41,28 @@ MAP10, POINTING = "eval/product_retrieval/map10", "eval/grounding/pointing_acc"
 REFERENCES = ("eval/grounding/chance_pointing", "eval/grounding/center_pointing")
 
 
-def _run(command: list[str]) -> None:
-  print("+ " + " ".join(command), flush=True)
-  subprocess.run(command, check=True)
-
-
 def _finished(workdir: str) -> bool:
-  path = os.path.join(workdir, "metrics.jsonl")
-  return os.path.isfile(path) and POINTING in summarize.final_metrics(workdir)
+  return study.finished(workdir, POINTING)
 
 
 def train(args, extra: list[str]) -> None:
   for level in args.levels:
-    _run([sys.executable, "-m", "eclip_jax.data.prepare",
+    study.run([sys.executable, "-m", "eclip_jax.data.prepare",
           f"--dataset=toyshop/{args.size}_{level}", f"--data_dir={args.data_dir}"])
   # Seed-major, so that a stopped command leaves every level measured at the same seeds.
   for seed in args.seeds:
     for level in args.levels:
       dataset = f"toyshop/{args.size}_{level}"
       for method in args.methods:
-        workdir = os.path.join(args.root, _run_name(args.size, level, method, seed))
-        if _finished(workdir):
-          print(f"{workdir}: done, skipped", flush=True)
-          continue
-        _run([sys.executable, "-m", "eclip_jax.main", f"--config=configs/{method}.py:tiny",
-              f"--workdir={workdir}", f"--config.input.dataset={dataset}",
-              f"--config.input.data_dir={args.data_dir}", f"--config.seed={seed}",
-              "--config.eval_every_steps=0", *extra])
+        name = _run_name(args.size, level, method, seed)
+        workdir = os.path.join(args.root, name)
+        study.train_and_record(
+            name, workdir,
+            [sys.executable, "-m", "eclip_jax.main", f"--config=configs/{method}.py:tiny",
+             f"--workdir={workdir}", f"--config.input.dataset={dataset}",
+             f"--config.input.data_dir={args.data_dir}", f"--config.seed={seed}",
+             "--config.eval_every_steps=0", *extra],
+            POINTING, args.record, LEVEL_METRICS)
 
 
 def _run_name(size: str, level: str, method: str, seed: int) -> str:
@@ -87,12 +79,7 @@ def update_record(args) -> dict[str, dict]:
         name = _run_name(args.size, level, method, seed)
         if _finished(os.path.join(args.root, name)):
           finished[name] = os.path.join(args.root, name)
-  from eclip_jax.data import builders  # pylint: disable=g-import-not-at-top (loads TFDS)
-  try:
-    return summarize.update_record(args.record, finished, LEVEL_METRICS,
-                                   world=f"toyshop {builders.Toyshop.VERSION}")
-  except app.UsageError as error:
-    sys.exit(str(error))
+  return study.record(args.record, finished, LEVEL_METRICS)
 
 
 def ladder(args, recorded: dict[str, dict]):
@@ -178,8 +165,7 @@ def plot(rows, methods, path: str) -> None:
 
 
 def main():
-  argv, extra = (sys.argv[1:], []) if "--" not in sys.argv else (
-      sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:])
+  argv, extra = study.split_argv(sys.argv[1:])
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--size", default="medium")
   parser.add_argument("--levels", default="clean,light,cluttered,lifestyle")

@@ -8,28 +8,24 @@ self-harmonization, `configs/scale.py:tiny`, several seeds.
 It builds `toyshop/medium_light` (reused when built), then trains each arm (`ARMS`: a
 `configs/scale.py:tiny,...` argument) once per seed into `ROOT/{arm}_seed{seed}`, seed by
 seed (every arm at seed 0 first), each run ending with the M5Product protocol on the
-validation split; a run whose workdir holds its final evaluation is skipped and an
-interrupted one resumes from its checkpoint, so the command can be stopped and run again
-(on 2 cores a run with all five modalities takes ~18 minutes, fewer with fewer). Every
-finished run's figures go into `--record` (commit it: `summarize.update_record`), and the
-three tables (`TABLES`: arm rows, mean ± std over the recorded seeds of coarse mAP@1/@5,
+validation split; a run that `--record` holds, or whose workdir holds its final evaluation,
+is skipped and an interrupted one resumes from its checkpoint, so the command can be stopped
+and run again, on another machine too (on 2 cores a run with all five modalities takes ~18
+minutes, fewer with fewer). Each run's figures go into `--record` as it finishes (commit it:
+`study.py`, `summarize.update_record`), and the three tables (`TABLES`: arm rows, mean ± std over the recorded seeds of coarse mAP@1/@5,
 fine mAP@1, probe accuracy and NMI) are drawn from the record, so they survive the
 workdirs. `--summarize_only` skips training.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import study
 
-import argparse  # noqa: E402
-
-from absl import app  # noqa: E402
-
-from eclip_jax import summarize  # noqa: E402
+from eclip_jax import summarize
 
 DATASET = "toyshop/medium_light"  # scale.py:tiny's, the demo preset
 # arm -> the configs/scale.py argument after "tiny" (what changes against `five`: all five
@@ -65,14 +61,8 @@ RECORDED = (*METRICS.values(), "eval/m5product/coarse/map10", "eval/m5product/co
 FINAL = METRICS["NMI"]  # the protocol's last figure: a run holding it has finished
 
 
-def _run(command: list[str]) -> None:
-  print("+ " + " ".join(command), flush=True)
-  subprocess.run(command, check=True)
-
-
 def _finished(workdir: str) -> bool:
-  path = os.path.join(workdir, "metrics.jsonl")
-  return os.path.isfile(path) and FINAL in summarize.final_metrics(workdir)
+  return study.finished(workdir, FINAL)
 
 
 def _config(arm: str) -> str:
@@ -80,17 +70,17 @@ def _config(arm: str) -> str:
 
 
 def train(args, extra: list[str]) -> None:
-  _run([sys.executable, "-m", "eclip_jax.data.prepare", f"--dataset={DATASET}",
+  study.run([sys.executable, "-m", "eclip_jax.data.prepare", f"--dataset={DATASET}",
         f"--data_dir={args.data_dir}"])
   for seed in args.seeds:  # seed-major: a stopped command leaves every arm at the same seeds
     for arm in args.arms:
       workdir = os.path.join(args.root, f"{arm}_seed{seed}")
-      if _finished(workdir):
-        print(f"{workdir}: done, skipped", flush=True)
-        continue
-      _run([sys.executable, "-m", "eclip_jax.main", f"--config={_config(arm)}",
-            f"--workdir={workdir}", f"--config.input.dataset={DATASET}",
-            f"--config.input.data_dir={args.data_dir}", f"--config.seed={seed}", *extra])
+      study.train_and_record(
+          f"{arm}_seed{seed}", workdir,
+          [sys.executable, "-m", "eclip_jax.main", f"--config={_config(arm)}",
+           f"--workdir={workdir}", f"--config.input.dataset={DATASET}",
+           f"--config.input.data_dir={args.data_dir}", f"--config.seed={seed}", *extra],
+          FINAL, args.record, RECORDED)
 
 
 def update_record(args) -> dict[str, dict]:
@@ -98,12 +88,7 @@ def update_record(args) -> dict[str, dict]:
   finished = {f"{arm}_seed{seed}": os.path.join(args.root, f"{arm}_seed{seed}")
               for arm in args.arms for seed in args.seeds}
   finished = {name: workdir for name, workdir in finished.items() if _finished(workdir)}
-  from eclip_jax.data import builders  # pylint: disable=g-import-not-at-top (loads TFDS)
-  try:
-    return summarize.update_record(args.record, finished, RECORDED,
-                                   world=f"toyshop {builders.Toyshop.VERSION}")
-  except app.UsageError as error:
-    sys.exit(str(error))
+  return study.record(args.record, finished, RECORDED)
 
 
 def arm_table(arms, seeds, recorded: dict[str, dict]) -> str:
@@ -120,8 +105,7 @@ def arm_table(arms, seeds, recorded: dict[str, dict]) -> str:
 
 
 def main():
-  argv, extra = (sys.argv[1:], []) if "--" not in sys.argv else (
-      sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:])
+  argv, extra = study.split_argv(sys.argv[1:])
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--arms", default=",".join(ARMS))
   parser.add_argument("--seeds", default="0,1,2")
