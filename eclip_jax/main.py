@@ -149,6 +149,10 @@ def _detected_process_count() -> int:
 
 # Libraries that narrate every step of their work at INFO (Orbax logs ~30 lines per save).
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/jax/_src/")
+# Where those libraries' errors are also logged from: asyncio reports an Orbax write task's
+# error that nobody retrieved (a failed save's) when the task is garbage collected, which may
+# be before `cli.fail`'s line (eclip_jax itself runs no event loop).
+_LIBRARY_EVENT_LOOPS = ("/asyncio/",)
 
 
 def _quiet_library_logs() -> None:
@@ -160,7 +164,7 @@ def _quiet_library_logs() -> None:
 
   def keep(record) -> bool:
     from_library = any(part in record.pathname for part in _CHATTY_LIBRARIES)
-    if from_library:
+    if from_library or any(part in record.pathname for part in _LIBRARY_EVENT_LOOPS):
       record.exc_info = record.exc_text = record.stack_info = None
     return record.levelno >= python_logging.WARNING or not from_library
 

@@ -349,3 +349,34 @@ def test_the_fallback_warning_says_why_a_checkpoint_does_not_restore(tmp_path, c
                    r"reading .*Requested byte range \[\d+, \d+\) is not valid for value of "
                    r"size \d+\); restored step 1 instead", caplog.text), caplog.text
   assert "bound method" not in caplog.text
+
+
+def test_library_errors_lose_their_tracebacks_and_ours_keep_them():
+  """Without --verbosity, a library's logged error (asyncio's report of an Orbax task's
+  unretrieved error included) prints no traceback that could precede `cli.fail`'s line."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from eclip_jax import main  # pylint: disable=g-import-not-at-top
+
+  handler = absl_logging.get_absl_handler()
+  before = list(handler.filters)
+  main._quiet_library_logs()  # pylint: disable=protected-access
+  try:
+    (keep,) = [f for f in handler.filters if f not in before]
+
+    def record(path: str, level: int) -> logging.LogRecord:
+      try:
+        raise ValueError("a failed write")
+      except ValueError as error:
+        return logging.LogRecord("x", level, path, 1, "failed", None,
+                                 (ValueError, error, error.__traceback__))
+
+    for library in ("/py/lib/python3.11/asyncio/base_events.py",
+                    "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"):
+      logged = record(library, logging.ERROR)
+      assert keep(logged) and logged.exc_info is None, library
+    ours = record("/repo/eclip_jax/trainer.py", logging.ERROR)
+    assert keep(ours) and ours.exc_info is not None
+    assert not keep(record("/venv/site-packages/orbax/checkpoint/checkpoint_manager.py",
+                           logging.INFO))
+  finally:
+    handler.filters[:] = before
