@@ -4,9 +4,10 @@ r"""How long the training loop stalls per checkpoint save, async vs synchronous,
       [--steps=N] [--devices=1]
 
 Configs (default: clip.py:tiny, clip.py:s16) are train_step.py's. Per config, the real train
-state (params + AdamW state after one step) is saved with `Checkpointer(async_save=True)` and
-with `Checkpointer(async_save=False)`, each into its own fresh temporary directory, the two
-modes taking turns each round so that machine noise spreads over both. A round of one mode:
+state (params + AdamW state after one step) is saved in each of `MODES` (the trainer's async
+save with its handoff thread, Orbax's async save as it is, a synchronous save), each into its
+own fresh temporary directory, the modes taking turns each round so that machine noise
+spreads over all. A round of one mode:
 `save()`, then `steps` train steps, and more while an async write is still running, so that
 every step it overlaps is seen. The first save of a process pays one-time setup (Orbax's
 threads, TensorStore, seconds on a many-device mesh); medians over rounds set it aside.
@@ -42,7 +43,10 @@ DEFAULT_CONFIGS = ("clip.py:tiny", "clip.py:s16")
 # Steps per round, so that both configs run in under 3 minutes on 2 CPU cores: an s16 step
 # takes seconds, and its async rounds step on anyway while the ~0.5 GiB write runs.
 STEPS_PER_ROUND = {"clip.py:tiny": 3, "clip.py:s16": 1}
-MODES = ("async", "sync")
+# Mode -> Checkpointer arguments.
+MODES = {"async": {"async_save": True},  # the trainer's (config.checkpoint_handoff=True)
+         "async, no handoff": {"async_save": True, "handoff": False},
+         "sync": {"async_save": False}}
 
 
 class Training:
@@ -96,14 +100,13 @@ def measure_config(name: str, config: ml_collections.ConfigDict, rounds: int,
   results: dict[str, list[dict]] = {mode: [] for mode in MODES}
   with tempfile.TemporaryDirectory(prefix="checkpoint_blocking_") as tmp, \
        concurrent.futures.ThreadPoolExecutor(max_workers=1) as waiter:
-    checkpointers = {mode: checkpoint_lib.Checkpointer(f"{tmp}/{mode}",
-                                                       keep=config.keep_checkpoints,
-                                                       async_save=mode == "async")
-                     for mode in MODES}
+    checkpointers = {mode: checkpoint_lib.Checkpointer(f"{tmp}/{index}",
+                                                       keep=config.keep_checkpoints, **arguments)
+                     for index, (mode, arguments) in enumerate(MODES.items())}
     try:
       for round_index in range(rounds):
         for mode, checkpointer in checkpointers.items():
-          results[mode].append(save_round(training, checkpointer, mode == "async",
+          results[mode].append(save_round(training, checkpointer, MODES[mode]["async_save"],
                                           round_index + 1, steps, waiter))
     finally:
       for checkpointer in checkpointers.values():

@@ -13,16 +13,24 @@ Orbax writes into a temporary directory and renames it when complete, so a crash
 never leaves a checkpoint that looks finished. A finished one damaged later (a truncated or
 deleted file) fails to restore; `restore_latest` then falls back to the one before it.
 
+An async save blocks the loop for one dispatch: `save` copies the train state on the device
+(the next step donates the state's buffers) and hands Orbax's `save` to a thread. Orbax's own
+async save would block for its per-array host work before it returns (~130 ms at
+`clip.py:tiny`'s 240 arrays on 2 cores, 60% of a step; BENCHMARKS.md); the price is one more
+copy of the train state in device memory until Orbax has copied it to the host
+(`handoff=False`: Orbax's async save as it is, for a run that has no room for it).
+
 A save that cannot be written (a read-only mount, a full disk, a bucket without write
 permission) raises `CheckpointWriteError`, one sentence naming the folder and the OS error:
 `check_writable` finds the usual cases before anything compiles, the step directory is
-created in `save` itself (Orbax's default creates it in a thread whose failure leaves the
-save waiting for a signal for minutes), and `check_saves` surfaces a write that failed in
-the background at the next step.
+created in Orbax's `save` itself (Orbax's default creates it in a thread whose failure leaves
+the save waiting for a signal for minutes), and `check_saves` surfaces a save that failed in
+the background (in the handoff thread or in Orbax's) at the next step.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -34,6 +42,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -77,7 +86,7 @@ class Checkpointer:
   """Saves and restores the train state, the data iterator and the config of one run."""
 
   def __init__(self, workdir: str | epath.Path, *, keep: int = 3, keep_every: int = 0,
-               async_save: bool = True):
+               async_save: bool = True, handoff: bool = True):
     self.directory = absolute(workdir) / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
@@ -92,6 +101,10 @@ class Checkpointer:
         self.directory, item_names=("state", "data", "config"), options=options
     )
     self._unchecked_step = None  # the last save's step until its outcome is known
+    # Async saves with a handoff: Orbax's `save` runs here, one at a time, in order.
+    self._handoff = (concurrent.futures.ThreadPoolExecutor(1, "checkpoint_handoff")
+                     if async_save and handoff else None)
+    self._handed_off: concurrent.futures.Future | None = None  # the last handoff
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -101,22 +114,29 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator: grain.DatasetIterator | None,
            config: ml_collections.ConfigDict) -> None:
-    """Starts an async save of `state` at `step` (returns once device buffers are copied)."""
+    """Saves `state` at `step`: async, returns once the state is copied (on the device with
+    the handoff, else to the host); sync, once it is on disk."""
     self.wait()  # as Orbax's save would, but naming the step of a failure the right one
-    items = {
-        "state": ocp.args.StandardSave(state),
-        "config": ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
-    }
+    items = {"config": ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(_DataStateSnapshot(data_iterator))
-    with self._naming_write_errors(step):
-      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    if self._handoff is None:
+      self._save(step, state, items)
+    else:
+      self._handed_off = self._handoff.submit(self._save, step, copy_state(state), items)
     self._unchecked_step = step
+
+  def _save(self, step: int, state: Any, items: dict[str, Any]) -> None:
+    with self._naming_write_errors(step):
+      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       **items), force=True)
 
   def check_saves(self) -> None:
     """Raises `CheckpointWriteError` if the last save failed in the background; does not
     wait for one still in progress (cheap enough to call every step)."""
-    if self._unchecked_step is not None and not self._manager.is_saving_in_progress():
+    if self._unchecked_step is None or (self._handed_off and not self._handed_off.done()):
+      return
+    if not self._manager.is_saving_in_progress():
       self.wait()
 
   @contextlib.contextmanager
@@ -226,12 +246,24 @@ class Checkpointer:
     """Blocks until the last async save is on disk; raises `CheckpointWriteError` if it
     failed."""
     step, self._unchecked_step = self._unchecked_step, None
+    handed_off, self._handed_off = self._handed_off, None
+    if handed_off is not None:
+      handed_off.result()  # the handoff's own error, already named
     with self._naming_write_errors(step):
       self._manager.wait_until_finished()
 
   def close(self) -> None:
     self.wait()
+    if self._handoff is not None:
+      self._handoff.shutdown()
     self._manager.close()
+
+
+@jax.jit
+def copy_state(state: Any) -> Any:
+  """`state` in new buffers, sharded alike, in one dispatch: what a save hands off, which
+  the next step's donation of `state` leaves alone."""
+  return jax.tree.map(jnp.copy, state)
 
 
 def _field_names(state: Any) -> list[str]:

@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3  # most recent ones kept
   config.keep_checkpoints_every_steps = 0  # also keep every M-th step forever (0: none)
+  # A save blocks the loop for one device-side copy of the train state and Orbax saves from a
+  # thread (eclip_jax/checkpoint.py); False when device memory has no room for that copy.
+  config.checkpoint_handoff = True
   # Load params only (not opt state) from a run workdir, checkpoint or export dir, or a
   # .safetensors file (this codebase's or OpenAI/HF CLIP's: eclip_jax/interop.py).
   config.init_from = ""

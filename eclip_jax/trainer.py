@@ -326,7 +326,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   data = _TrainData(config, setup.batch_schedule)
   checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.keep_checkpoints, keep_every=config.keep_checkpoints_every_steps
+      workdir, keep=config.keep_checkpoints, keep_every=config.keep_checkpoints_every_steps,
+      handoff=config.checkpoint_handoff,
   )
   state = _initial_state(setup, checkpointer, data)
   start_step = int(state.step)

@@ -20,10 +20,10 @@ import scale_evidence  # noqa: E402
 import train_step  # noqa: E402
 
 
-def test_checkpoint_blocking_reports_both_modes():
+def test_checkpoint_blocking_reports_every_mode():
   rows = checkpoint_blocking.measure({"clip.py:tiny": _tiny_clip()}, rounds=1, steps=1)
   by_mode = {row["mode"]: row for row in rows}
-  assert len(rows) == 2 and set(by_mode) == {"async", "sync"}
+  assert len(rows) == 3 and set(by_mode) == set(checkpoint_blocking.MODES)
   for row in rows:
     for key in ("state_mib", "blocks_ms", "write_ms", "step_ms", "blocks_per_step",
                 "next_step_ms"):

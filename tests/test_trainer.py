@@ -85,6 +85,34 @@ def test_checkpoint_restores_on_other_meshes(tmp_path, monkeypatch):
   checkpointer.close()
 
 
+@pytest.mark.parametrize("handoff", [True, False])
+def test_an_async_save_holds_the_state_it_was_given_while_steps_donate_it(tmp_path, handoff):
+  """`save` returns before the checkpoint is written and the next steps donate the state's
+  buffers: what is written is still the state `save` was given. The handoff's device-side
+  copy is sharded as the state and shares no buffer with it."""
+  config = tiny_config()
+  setup = trainer.Setup(config, parallel.make_mesh({"data": 4, "fsdp": 2}))
+  state = setup.init_state()
+  expected = jax.device_get(state)
+  copied = checkpoint_lib.copy_state(state)
+  for leaf, copy in zip(jax.tree.leaves(state), jax.tree.leaves(copied)):
+    assert copy.sharding.is_equivalent_to(leaf.sharding, leaf.ndim)
+    assert {s.data.unsafe_buffer_pointer() for s in copy.addressable_shards}.isdisjoint(
+        s.data.unsafe_buffer_pointer() for s in leaf.addressable_shards)
+  del copied
+  step = jax.jit(lambda state: jax.tree.map(lambda x: x + 1, state), donate_argnums=0)
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, handoff=handoff)
+  checkpointer.save(1, state, None, config)
+  for _ in range(3):
+    state = step(state)
+  checkpointer.check_saves()
+  checkpointer.wait()
+  restored = jax.device_get(checkpointer.restore(1, setup.abstract_state))
+  jax.tree.map(np.testing.assert_array_equal, restored, expected)
+  np.testing.assert_array_equal(jax.device_get(state.step), expected.step + 3)
+  checkpointer.close()
+
+
 def test_init_from_loads_only_matching_params(tmp_path):
   config = tiny_config()
   source = trainer.Setup(config).init_state()
