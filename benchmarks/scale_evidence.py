@@ -20,12 +20,14 @@ workdirs. `--summarize_only` skips training.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
 import study
 
 from eclip_jax import summarize
+from eclip_jax.objectives import scale as scale_objectives
 
 DATASET = "toyshop/medium_light"  # scale.py:tiny's, the demo preset
 # arm -> the configs/scale.py argument after "tiny" (what changes against `five`: all five
@@ -54,10 +56,22 @@ METRICS = {"coarse mAP@1": "eval/m5product/coarse/map1",
            "fine mAP@1": "eval/m5product/fine/map1",
            "probe acc": "eval/m5product/probe_acc",
            "NMI": "eval/m5product/nmi"}
+# What the tasks' weighting did, from the last training log: per modality pair the weight
+# of its NT-Xent, its in-batch accuracy and loss; per masked term its weight (each averaged
+# over the pairs / terms a run has). "off" logs no weights: every task has weight 1.
+_PAIRS = ["_".join(pair) for pair in itertools.combinations(scale_objectives.MODALITIES, 2)]
+DIAGNOSTICS = {
+    "pair weight": [f"train/scale_contrastive/weight_{pair}" for pair in _PAIRS],
+    "pair accuracy": [f"train/scale_contrastive/acc_{pair}" for pair in _PAIRS],
+    "pair loss": [f"train/scale_contrastive/loss_{pair}" for pair in _PAIRS],
+    "masked weight": [f"train/scale_masked/weight_{term}"
+                      for term in scale_objectives.MASKED_TERMS],
+}
 # Also recorded, not tabulated: the finer Prec@K / mAP@10 and purity, and the training loss.
 RECORDED = (*METRICS.values(), "eval/m5product/coarse/map10", "eval/m5product/coarse/prec1",
             "eval/m5product/coarse/prec5", "eval/m5product/fine/map5",
-            "eval/m5product/fine/prec1", "eval/m5product/purity", "train/loss")
+            "eval/m5product/fine/prec1", "eval/m5product/purity", "train/loss",
+            *itertools.chain(*DIAGNOSTICS.values()))
 FINAL = METRICS["NMI"]  # the protocol's last figure: a run holding it has finished
 
 
@@ -91,14 +105,18 @@ def update_record(args) -> dict[str, dict]:
   return study.record(args.record, finished, RECORDED)
 
 
-def arm_table(arms, seeds, recorded: dict[str, dict]) -> str:
-  """One row per arm: each metric's mean ± std over the arm's recorded seeds."""
-  lines = ["| arm | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+def arm_table(arms, seeds, recorded: dict[str, dict],
+              columns: dict[str, str | list[str]] = METRICS) -> str:
+  """One row per arm: each column's mean ± std over the arm's recorded seeds. A column is a
+  metric, or a list of metrics whose mean over those a run has is the run's value."""
+  lines = ["| arm | seeds | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
   for arm in arms:
     runs = [recorded[f"{arm}_seed{s}"]["metrics"] for s in seeds if f"{arm}_seed{s}" in recorded]
     cells = []
-    for key in METRICS.values():
-      values = [run[key] for run in runs if key in run]
+    for keys in columns.values():
+      keys = [keys] if isinstance(keys, str) else keys
+      values = [sum(run[k] for k in keys if k in run) / sum(k in run for k in keys)
+                for run in runs if any(k in run for k in keys)]
       cells.append("{:.4f} ± {:.4f}".format(*summarize.mean_std(values)) if values else "–")
     lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -124,6 +142,8 @@ def main():
   for title, arms in TABLES.items():
     print(f"\n### {title}\n")
     print(arm_table(arms, args.seeds, recorded))
+  print("\n### What the weighting did (last training log; means over each run's pairs / terms)\n")
+  print(arm_table(list(ARMS), args.seeds, recorded, DIAGNOSTICS))
   print("\n" + " ".join(["python"] + sys.argv))
 
 

@@ -143,3 +143,25 @@ def test_scale_evidence_tabulates_recorded_arms(tmp_path):
   assert scale_evidence._config("five") == "configs/scale.py:tiny"
   assert scale_evidence._config("missing0.3_complete_only") == (
       "configs/scale.py:tiny,missing=0.3,complete_only")
+
+
+def test_scale_evidence_averages_a_diagnostic_over_the_pairs_each_run_has(tmp_path):
+  """A two-modality run has one pair, a three-modality run three; "off" logs no weights."""
+  weight = "train/scale_contrastive/weight_{}".format
+  runs = {"text+image_seed0": {weight("text_image"): 0.4},
+          "text+image+table_seed0": {weight("text_table"): 0.1, weight("text_image"): 0.2,
+                                     weight("table_image"): 0.6},
+          "harmonize_off_seed0": {"train/scale_contrastive/acc_text_image": 0.5}}
+  for name, row in runs.items():
+    workdir = tmp_path / "runs" / name
+    workdir.mkdir(parents=True)
+    (workdir / "metrics.jsonl").write_text(
+        json.dumps({"step": 600, scale_evidence.FINAL: 0.1, **row}) + "\n")
+  args = argparse.Namespace(arms=["text+image", "text+image+table", "harmonize_off"], seeds=[0],
+                            root=str(tmp_path / "runs"), record=str(tmp_path / "record.json"))
+  recorded = scale_evidence.update_record(args)
+  lines = scale_evidence.arm_table(args.arms, [0], recorded,
+                                   scale_evidence.DIAGNOSTICS).splitlines()
+  assert lines[2].startswith("| text+image | 1 | 0.4000 ± 0.0000 | – |")
+  assert lines[3].startswith("| text+image+table | 1 | 0.3000 ± 0.0000 | – |")
+  assert lines[4].startswith("| harmonize_off | 1 | – | 0.5000 ± 0.0000 |")
