@@ -108,6 +108,18 @@ def test_log_mel_matches_a_direct_dft_reference():
   np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-4)
 
 
+@pytest.mark.parametrize("sample_rate,fft_size", [(16_000, 400), (22_050, 512), (16_000, 64)])
+def test_the_mel_filterbank_applied_sparsely_equals_the_dense_product(sample_rate, fft_size):
+  """(16 kHz, 64): 33 FFT bins for 80 mel bins, so most mel bins cover none."""
+  filters = transforms.mel_filterbank(sample_rate, fft_size)
+  power = np.random.default_rng(0).uniform(0, 1, (7, fft_size // 2 + 1)) ** 4
+  sparse = transforms.apply_mel_filterbank(power, sample_rate, fft_size)
+  np.testing.assert_allclose(sparse, power @ filters, rtol=1e-12, atol=1e-300)
+  assert (sparse[:, ~filters.any(axis=0)] == 0).all()
+  if fft_size == 64:
+    assert (~filters.any(axis=0)).sum() > 20
+
+
 @pytest.mark.parametrize("frequency", [440.0, 1000.0, 2500.0, 6000.0])
 def test_a_sine_lands_in_the_mel_bin_around_its_frequency(frequency):
   time = np.arange(16_000) / 16_000

@@ -724,6 +724,28 @@ def mel_filterbank(sample_rate: int, fft_size: int, num_bins: int = schema.MEL_B
   return weights
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_filter_entries(sample_rate: int, fft_size: int):
+  """`mel_filterbank`'s nonzero entries, mel bin by mel bin: (their FFT bins, their weights,
+  where each mel bin's run starts (clipped to the last entry), which mel bins have none)."""
+  filters = mel_filterbank(sample_rate, fft_size).T  # [mel bins, FFT bins]
+  mels, fft_bins = np.nonzero(filters)  # row-major: grouped by mel bin
+  starts = np.searchsorted(mels, np.arange(len(filters)))
+  empty = np.bincount(mels, minlength=len(filters)) == 0
+  return fft_bins, filters[mels, fft_bins], np.minimum(starts, len(mels) - 1), empty
+
+
+def apply_mel_filterbank(power: np.ndarray, sample_rate: int, fft_size: int) -> np.ndarray:
+  """power [..., fft_size // 2 + 1] @ `mel_filterbank`, summing its ~2 nonzero entries per FFT
+  bin only. Not a BLAS product: OpenBLAS splits even a 50x201x80 product over its own
+  threads, which under a training step's load spin for milliseconds (log-mel 0.3 vs 1-13 ms
+  per example in the pipeline's threads; BENCHMARKS.md, SCALE)."""
+  fft_bins, weights, starts, empty = _mel_filter_entries(sample_rate, fft_size)
+  mel = np.add.reduceat(power[..., fft_bins] * weights, starts, axis=-1)
+  mel[..., empty] = 0.0  # reduceat gives an empty run the entry at its start
+  return mel
+
+
 def log_mel_spectrogram(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
   """float32 [1 + len(waveform) // hop, 80] log-mel frames of a waveform in [-1, 1].
 
@@ -738,7 +760,7 @@ def log_mel_spectrogram(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
   frames = np.lib.stride_tricks.sliding_window_view(padded, window)[::hop][:num_frames]
   hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(window) / window)  # periodic
   power = np.abs(np.fft.rfft(frames * hann, axis=-1)) ** 2
-  return np.log(power @ mel_filterbank(sample_rate, window) + MEL_FLOOR).astype(np.float32)
+  return np.log(apply_mel_filterbank(power, sample_rate, window) + MEL_FLOOR).astype(np.float32)
 
 
 def _audio_mel(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
