@@ -107,14 +107,16 @@ def update_record(args) -> dict[str, dict]:
 
 def arm_table(arms, seeds, recorded: dict[str, dict],
               columns: dict[str, str | list[str]] = METRICS) -> str:
-  """One row per arm: each column's mean ± std over the arm's recorded seeds. A column is a
-  metric, or a list of metrics whose mean over those a run has is the run's value."""
+  """One row per arm: each column's mean ± std over the arm's recorded seeds that logged
+  it (`seeds` counts those that logged any). A column is a metric, or a list of metrics
+  whose mean over those a run has is the run's value."""
+  columns = {name: [keys] if isinstance(keys, str) else keys for name, keys in columns.items()}
   lines = ["| arm | seeds | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
   for arm in arms:
     runs = [recorded[f"{arm}_seed{s}"]["metrics"] for s in seeds if f"{arm}_seed{s}" in recorded]
+    runs = [run for run in runs if any(k in run for keys in columns.values() for k in keys)]
     cells = []
     for keys in columns.values():
-      keys = [keys] if isinstance(keys, str) else keys
       values = [sum(run[k] for k in keys if k in run) / sum(k in run for k in keys)
                 for run in runs if any(k in run for k in keys)]
       cells.append("{:.4f} ± {:.4f}".format(*summarize.mean_std(values)) if values else "–")
