@@ -1,7 +1,7 @@
 """How the command-line tools (`main`, `data.prepare`, `summarize`) end on an error.
 
 One line, `error: <what went wrong and the fix>`, on stderr; `--verbosity=1` prints the
-traceback above it. Exit status 2 for usage errors (flags, config values: what was asked
+traceback above it (and the libraries' own tracebacks and INFO logs: `quiet_library_logs`). Exit status 2 for usage errors (flags, config values: what was asked
 for cannot be done as asked, `ValueError` and absl's flag errors) and 1 for runtime failures
 (files, disks, numerics).
 """
@@ -66,6 +66,30 @@ def one_line(error: BaseException | str) -> str:
   if not isinstance(error, _SELF_EXPLAINING) or not message:
     message = f"{type(error).__name__}: {message} (--verbosity=1 shows the traceback)"
   return message
+
+
+# Libraries that narrate every step of their work at INFO (Orbax logs ~30 lines per save).
+_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/jax/_src/")
+# Where those libraries' errors are also logged from: asyncio reports an Orbax write task's
+# error that nobody retrieved (a failed save's) when the task is garbage collected, which may
+# be before `cli.fail`'s line (eclip_jax itself runs no event loop).
+_LIBRARY_EVENT_LOOPS = ("/asyncio/",)
+
+
+def quiet_library_logs() -> None:
+  """Keeps warnings from everywhere but INFO only from eclip_jax (unless --verbosity>=1);
+  the libraries' warnings and errors lose their tracebacks, which `cli.fail`'s last line
+  makes redundant (Orbax logs a failed save's three times)."""
+  if logging.get_verbosity() > logging.INFO:
+    return
+
+  def keep(record) -> bool:
+    from_library = any(part in record.pathname for part in _CHATTY_LIBRARIES)
+    if from_library or any(part in record.pathname for part in _LIBRARY_EVENT_LOOPS):
+      record.exc_info = record.exc_text = record.stack_info = None
+    return record.levelno >= python_logging.WARNING or not from_library
+
+  logging.get_absl_handler().addFilter(keep)
 
 
 def no_arguments(argv: Sequence[str]) -> None:

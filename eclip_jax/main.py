@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import logging as python_logging
 import os
 import sys
 
@@ -147,30 +146,6 @@ def _detected_process_count() -> int:
   return 1
 
 
-# Libraries that narrate every step of their work at INFO (Orbax logs ~30 lines per save).
-_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/jax/_src/")
-# Where those libraries' errors are also logged from: asyncio reports an Orbax write task's
-# error that nobody retrieved (a failed save's) when the task is garbage collected, which may
-# be before `cli.fail`'s line (eclip_jax itself runs no event loop).
-_LIBRARY_EVENT_LOOPS = ("/asyncio/",)
-
-
-def _quiet_library_logs() -> None:
-  """Keeps warnings from everywhere but INFO only from eclip_jax (unless --verbosity>=1);
-  the libraries' warnings and errors lose their tracebacks, which `cli.fail`'s last line
-  makes redundant (Orbax logs a failed save's three times)."""
-  if logging.get_verbosity() > logging.INFO:
-    return
-
-  def keep(record) -> bool:
-    from_library = any(part in record.pathname for part in _CHATTY_LIBRARIES)
-    if from_library or any(part in record.pathname for part in _LIBRARY_EVENT_LOOPS):
-      record.exc_info = record.exc_text = record.stack_info = None
-    return record.levelno >= python_logging.WARNING or not from_library
-
-  logging.get_absl_handler().addFilter(keep)
-
-
 def _drop_abandoned_write_callbacks() -> None:
   """After a failed save, TensorStore finishes the writes Orbax abandoned by calling back into
   Orbax's closed event loop, and each 'Event loop is closed' reaches `sys.unraisablehook` as
@@ -195,7 +170,7 @@ def main(argv):
     cli.fail(error, cli.EXIT_FAILURE)
   from eclip_jax import trainer  # pylint: disable=g-import-not-at-top  (after distributed init)
 
-  _quiet_library_logs()
+  cli.quiet_library_logs()
   _drop_abandoned_write_callbacks()
   try:
     _run(_CONFIG.value, _WORKDIR.value)

@@ -17,9 +17,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from eclip_jax import checkpoint as checkpoint_lib
-from eclip_jax import trainer
+from eclip_jax import cli, trainer
 from eclip_jax.data import pipeline
 from tests.helpers import (EXIT_PREEMPTED, binary_command, final_params, finish, logged_steps,
                            losses, start, subprocess_env, tiny_config, wait_until)
@@ -354,12 +355,9 @@ def test_the_fallback_warning_says_why_a_checkpoint_does_not_restore(tmp_path, c
 def test_library_errors_lose_their_tracebacks_and_ours_keep_them():
   """Without --verbosity, a library's logged error (asyncio's report of an Orbax task's
   unretrieved error included) prints no traceback that could precede `cli.fail`'s line."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  from eclip_jax import main  # pylint: disable=g-import-not-at-top
-
   handler = absl_logging.get_absl_handler()
   before = list(handler.filters)
-  main._quiet_library_logs()  # pylint: disable=protected-access
+  cli.quiet_library_logs()
   try:
     (keep,) = [f for f in handler.filters if f not in before]
 
