@@ -15,8 +15,8 @@ deleted file) fails to restore; `restore_latest` then falls back to the one befo
 
 An async save blocks the loop for one dispatch: `save` copies the train state on the device
 (the next step donates the state's buffers) and hands Orbax's `save` to a thread. Orbax's own
-async save would block for its per-array host work before it returns (~130 ms at
-`clip.py:tiny`'s 240 arrays on 2 cores, 60% of a step; BENCHMARKS.md); the price is one more
+async save would block for its per-array host work before it returns (115–135 ms at
+`clip.py:tiny`'s 240 arrays on 2 cores, 54–60% of a step; BENCHMARKS.md); the price is one more
 copy of the train state in device memory until Orbax has copied it to the host
 (`handoff=False`: Orbax's async save as it is, for a run that has no room for it).
 

@@ -1,9 +1,10 @@
 """How the command-line tools (`main`, `data.prepare`, `summarize`) end on an error.
 
 One line, `error: <what went wrong and the fix>`, on stderr; `--verbosity=1` prints the
-traceback above it (and the libraries' own tracebacks and INFO logs: `quiet_library_logs`). Exit status 2 for usage errors (flags, config values: what was asked
-for cannot be done as asked, `ValueError` and absl's flag errors) and 1 for runtime failures
-(files, disks, numerics).
+traceback above it (and the libraries' own tracebacks and INFO logs: `quiet_library_logs`).
+Exit status 2 for usage errors (flags, config values: what was asked for cannot be done as
+asked, `ValueError` and absl's flag errors) and 1 for runtime failures (files, disks,
+numerics).
 """
 
 from __future__ import annotations
