@@ -738,7 +738,7 @@ def _mel_filter_entries(sample_rate: int, fft_size: int):
 def apply_mel_filterbank(power: np.ndarray, sample_rate: int, fft_size: int) -> np.ndarray:
   """power [..., fft_size // 2 + 1] @ `mel_filterbank`, summing its ~2 nonzero entries per FFT
   bin only. Not a BLAS product: OpenBLAS splits even a 50x201x80 product over its own
-  threads, which under a training step's load spin for milliseconds (log-mel 0.3 vs 1-13 ms
+  threads, which under a training step's load spin for milliseconds (log-mel 0.3 vs 0.6-13 ms
   per example in the pipeline's threads; BENCHMARKS.md, SCALE)."""
   fft_bins, weights, starts, empty = _mel_filter_entries(sample_rate, fft_size)
   mel = np.add.reduceat(power[..., fft_bins] * weights, starts, axis=-1)
