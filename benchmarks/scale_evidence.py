@@ -10,7 +10,7 @@ It builds `toyshop/medium_light` (reused when built), then trains each arm (`ARM
 seed (every arm at seed 0 first), each run ending with the M5Product protocol on the
 validation split; a run that `--record` holds, or whose workdir holds its final evaluation,
 is skipped and an interrupted one resumes from its checkpoint, so the command can be stopped
-and run again, on another machine too (on 2 cores a run with all five modalities takes ~18
+and run again, on another machine too (on 2 cores a run with all five modalities takes ~14
 minutes, fewer with fewer). Each run's figures go into `--record` as it finishes (commit it:
 `study.py`, `summarize.update_record`), and the three tables (`TABLES`: arm rows, mean ± std over the recorded seeds of coarse mAP@1/@5,
 fine mAP@1, probe accuracy and NMI) are drawn from the record, so they survive the
