@@ -12,9 +12,10 @@ validation split; a run that `--record` holds, or whose workdir holds its final 
 is skipped and an interrupted one resumes from its checkpoint, so the command can be stopped
 and run again, on another machine too (on 2 cores a run with all five modalities takes ~14
 minutes, fewer with fewer). Each run's figures go into `--record` as it finishes (commit it:
-`study.py`, `summarize.update_record`), and the three tables (`TABLES`: arm rows, mean ± std over the recorded seeds of coarse mAP@1/@5,
-fine mAP@1, probe accuracy and NMI) are drawn from the record, so they survive the
-workdirs. `--summarize_only` skips training.
+`study.py`, `summarize.update_record`), and the tables are drawn from the record, so they
+survive the workdirs: `TABLES` (arm rows, mean ± std over the recorded seeds of coarse
+mAP@1/@5, fine mAP@1, probe accuracy and NMI) and `DIAGNOSTICS` (what the weighting did).
+`--summarize_only` skips training.
 """
 
 from __future__ import annotations
