@@ -39,6 +39,8 @@ def random_batch(config: ml_collections.ConfigDict,
       batch[key] = rng.random(shape) < 0.15
     elif dtype == np.bool_:
       batch[key] = np.ones(shape, bool)
+    elif dtype == np.uint8:  # pixels
+      batch[key] = rng.integers(0, 256, size=shape)
     elif key.endswith("_mlm_targets"):
       batch[key] = np.where(rng.random(shape) < 0.15, rng.integers(4, vocab, shape), -1)
     elif key == "table_entity":

@@ -7,7 +7,7 @@ source size (once; reused), then measures
 
 * raw decode: a plain loop fully decoding the training split's images with PIL (one core),
 * the training pipeline (`make_train_iterator`: shuffle, crop-aware decode,
-  random-resized-crop + flip, value range, tokenization, batching, prefetch) in examples/s
+  random-resized-crop + flip, tokenization, batching, prefetch) in examples/s
   with 0 (in-process), 1 and 2 Grain worker processes.
 
 `per worker` divides a pipeline's rate by its worker count (0 workers counts as 1), and

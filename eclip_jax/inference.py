@@ -17,8 +17,8 @@ Which output is an image's, a product's or a map is the run's choice, `config.in
 (configs set it; e.g. ECLIP embeds a photo alone by its image-only instance embedding
 `instance_emb_img`, and a photo with its title by the title-guided `instance_emb`), never
 the caller's. Images are prepared as evaluation prepares them: the central square, resized
-(bilinear) to the run's `input.image_size`, scaled to `input.value_range`. Embeddings come
-back L2-normalized, float32 numpy arrays, one row per input.
+(bilinear) to the run's `input.image_size`, scaled to `input.value_range` (on the device).
+Embeddings come back L2-normalized, float32 numpy arrays, one row per input.
 """
 
 from __future__ import annotations
@@ -152,8 +152,7 @@ class Model:
     return {"text_tokens": tokens, "text_mask": mask}
 
   def _images(self, images: Sequence[ImageLike]) -> dict[str, np.ndarray]:
-    return {"image": transforms.to_value_range(self.preprocess_images(images),
-                                               tuple(self.config.input.value_range))}
+    return {"image": self.preprocess_images(images)}  # uint8: the model scales it
 
   # ------------------------------------------------------------------------------------------
   # The model, batched.

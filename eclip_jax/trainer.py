@@ -49,6 +49,7 @@ from eclip_jax import optim
 from eclip_jax import parallel
 from eclip_jax.data import pipeline
 from eclip_jax.data import tokenizer as tokenizer_lib
+from eclip_jax.data import transforms
 from eclip_jax.objectives import contrastive
 
 
@@ -205,8 +206,13 @@ class Setup:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
+  def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A pipeline batch as the model and objectives take it: uint8 pixels scaled to
+    `input.value_range`, in whatever program traces this (on the device)."""
+    return transforms.pixels_to_value_range(batch, tuple(self.config.input.value_range))
+
   def _init_boxed(self, rng: jax.Array) -> TrainState:
-    variables = self.model.init(rng, init_batch(self.config.input))
+    variables = self.model.init(rng, self.model_inputs(init_batch(self.config.input)))
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -229,7 +235,7 @@ class Setup:
   def apply_fn(self) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
     """A jitted `(params, global batch) -> outputs` for evaluators (any subset of inputs)."""
     forward = jax.jit(
-        lambda params, batch: self.model.apply({"params": params}, batch),
+        lambda params, batch: self.model.apply({"params": params}, self.model_inputs(batch)),
         in_shardings=(self.state_shardings.params, self.batch_sharding),
     )
 
@@ -249,7 +255,8 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    (loss, metrics), grads = strategy(setup.step_loss, state.params, batch, rng)
+    (loss, metrics), grads = strategy(setup.step_loss, state.params, setup.model_inputs(batch),
+                                      rng)
     return apply_gradients(setup.optimizer, state, loss, metrics, grads)
 
   return train_step

@@ -57,7 +57,7 @@ def random_batch(config, rng=0):
   mask = np.arange(length)[None] < lengths[:, None]
   catalog = rng.permutation(b) // 2  # pairs of duplicate listings
   return {
-      "image": rng.normal(size=(b, size, size, 3)).astype(np.float32),
+      "image": rng.integers(0, 256, size=(b, size, size, 3), dtype=np.uint8),
       "text_tokens": np.where(mask, rng.integers(4, 900, size=(b, length)), 0).astype(np.int32),
       "text_mask": mask,
       "product_id": np.arange(b, dtype=np.int32),

@@ -134,6 +134,13 @@ def test_two_tower_runs_only_the_towers_given(tiny):
   np.testing.assert_allclose(texts_only["text_emb"], both["text_emb"], atol=1e-6)
 
 
+def test_the_image_tower_refuses_unscaled_uint8_pixels(tiny):
+  model, batch, variables = tiny
+  pixels = {"image": np.zeros(batch["image"].shape, np.uint8)}
+  with pytest.raises(TypeError, match="float pixels in input.value_range, not uint8"):
+    model.apply(variables, pixels)
+
+
 def test_two_tower_bfloat16_compute_keeps_float32_params_and_embeddings(tiny):
   model, batch, variables = tiny
   bf16_model = tiny_two_tower(dtype="bfloat16", param_dtype="float32")

@@ -25,7 +25,7 @@ def _ids(batches):
 def test_batches_have_the_contract_keys_and_shapes(tiny_input_config):
   tiny_input_config.modalities = tuple(transforms.MODALITIES)
   batch = next(pipeline.make_train_iterator(tiny_input_config, seed=0))
-  assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.uint8
   assert batch["text_tokens"].shape == (8, 32) and batch["text_tokens"].dtype == np.int32
   assert batch["text_mask"].dtype == np.bool_
   for key in ("product_id", "catalog_id", "category", "restricted", "box", "box_mask",

@@ -37,6 +37,22 @@ def test_sharded_steps_equal_single_device(mesh_config):
   assert losses_1[1] != losses_1[0]  # the step really updated the params
 
 
+def test_the_step_scales_uint8_pixels_on_the_device_as_the_host_would():
+  config = tiny_config()
+  config.input.value_range = (-0.5, 2.0)
+  low, high = config.input.value_range
+  single = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  state = jax.device_get(trainer.Setup(config, single).init_state())
+  pixels = random_batch(config)  # uint8 images, as the pipeline's
+  host = dict(pixels, image=(low + pixels["image"] * np.float64((high - low) / 255)).astype(
+      np.float32))
+  losses_pixels, params_pixels = run_steps(config, single, state, [pixels])
+  losses_host, params_host = run_steps(config, single, state, [host])
+  np.testing.assert_allclose(losses_pixels, losses_host, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               params_pixels, params_host)
+
+
 def test_init_is_sharded_by_the_rules():
   config = tiny_config()
   config.mesh = {"data": 2, "fsdp": 2, "tensor": 2}

@@ -2,6 +2,7 @@
 
 import io
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -186,7 +187,7 @@ def test_crop_to_box_shows_the_product_and_maps_its_box(tokenizer):
   plain = transforms.ExampleTransform(tokenizer, image_size=16)(record)
   oracle = transforms.ExampleTransform(tokenizer, image_size=16, crop_to_box=True,
                                        box_context=0.5)(record)
-  red = lambda image: float(((image[..., 0] > 0.5) & (image[..., 1] < 0)).mean())  # noqa: E731
+  red = lambda image: float(((image[..., 0] > 191) & (image[..., 1] < 128)).mean())  # noqa: E731
   assert red(plain["image"]) < 0.05
   # The region is the 18px square around the box: the product fills (12/18)^2 of it.
   assert abs(red(oracle["image"]) - (12 / 18) ** 2) < 0.1
@@ -226,9 +227,8 @@ def test_example_keys_values_and_absent_modalities(tokenizer):
   record = _record([_encode(_solid((0, 255, 0)), "PNG")], title="  RED Mug ",
                    boxes=np.array([[0.0, 0.0, 1.0, 1.0]], np.float32))
   example = transform(record)  # eval: center crop, no flip
-  assert example["image"].shape == (16, 16, 3) and example["image"].dtype == np.float32
-  assert -1.0 <= example["image"].min() and example["image"].max() <= 1.0
-  np.testing.assert_allclose(example["image"][..., 1], 1.0, atol=0.02)
+  assert example["image"].shape == (16, 16, 3) and example["image"].dtype == np.uint8
+  np.testing.assert_array_equal(example["image"][..., 1], 255)
   np.testing.assert_array_equal(example["text_tokens"], tokenizer.encode(["red mug"], 32)[0][0])
   assert example["box_mask"] and example["product_id"] == 7 and example["catalog_id"] == 3
   assert example["table_mask"].any()
@@ -237,6 +237,26 @@ def test_example_keys_values_and_absent_modalities(tokenizer):
   assert example["audio"].shape == (100,) and not example["audio_mask"].any()
   assert not transform(_record([_encode(_solid(0), "PNG")], attributes={"key": [], "value": []})
                        )["table_mask"].any()
+
+
+@pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0), (-0.5, 2.0)])
+def test_pixels_reach_the_value_range_alike_on_the_host_and_in_a_compiled_program(value_range):
+  levels = np.arange(256).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+  low, high = value_range
+  want = low + levels * ((high - low) / 255)  # float64
+  batch = {"image": levels.astype(np.uint8), "images": levels[None].astype(np.uint8),
+           "video": levels[None].astype(np.uint8), "audio": np.linspace(-1, 1, 5, np.float32),
+           "text_tokens": np.arange(4, dtype=np.int32)}
+  on_device = jax.jit(lambda b: transforms.pixels_to_value_range(b, value_range))(batch)
+  for scaled in (transforms.pixels_to_value_range(batch, value_range), on_device):
+    for key, expected in (("image", want), ("images", want[None]), ("video", want[None])):
+      assert scaled[key].dtype == np.float32
+      np.testing.assert_allclose(scaled[key], expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(scaled["audio"], batch["audio"])
+    np.testing.assert_array_equal(scaled["text_tokens"], batch["text_tokens"])
+  # Pixels already in floating point are taken as in the range: unchanged.
+  floats = {"image": want.astype(np.float32)}
+  assert transforms.pixels_to_value_range(floats, value_range)["image"] is floats["image"]
 
 
 def test_audio_resampled_and_video_frames_sampled(tokenizer):

@@ -72,6 +72,8 @@ def default_input_config() -> ml_collections.ConfigDict:
       # its side) first. Needs boxes; makes the grounding evaluator's numbers meaningless.
       "crop_to_box": False,
       "box_context": 0.25,
+      # The range the models see pixels in: batches carry uint8 pixels, which the compiled
+      # step maps onto it (transforms.pixels_to_value_range).
       "value_range": (-1.0, 1.0),
       "background": (255, 255, 255),  # the RGB that transparent image pixels show
       "tokenizer": "",  # .model path; "" = the one `prepare` stored beside the dataset
@@ -187,7 +189,6 @@ def make_transform(
       flip=input_config.flip,
       crop_to_box=input_config.crop_to_box,
       box_context=input_config.box_context,
-      value_range=tuple(input_config.value_range),
       background=tuple(input_config.background),
       max_text_len=input_config.max_text_len,
       text_normalizer=input_config.text_normalizer,

@@ -15,7 +15,10 @@ within resampling differences.
 Every image becomes 8-bit RGB the same way (`to_rgb`): 16-bit images (and 32-bit integer
 ones, read as 16-bit) are scaled from 0..65535, and transparency (RGBA, LA, a palette or
 colour with a transparent entry) is composited on `input.background` (default white: a
-catalog cut-out stays a product on white, not on black).
+catalog cut-out stays a product on white, not on black). Pixels leave the pipeline as that
+uint8 (`PIXEL_FIELDS`): the compiled step scales them to `input.value_range` on the device
+(`pixels_to_value_range`), which spares the host a float copy of every image and the
+transfer 4x the bytes.
 
 SCALE's inputs (M5Product) are modalities too: `audio_mel` (log-mel frames from the
 waveform, or the record's pre-extracted mel matrix), `regions` (pre-extracted region
@@ -302,7 +305,6 @@ class ExampleTransform:
   num_views: int = 1
   crop_scale: tuple[float, float] = (0.35, 1.0)
   flip: bool = True
-  value_range: tuple[float, float] = (-1.0, 1.0)
   # Diagnostic oracle: crop every image to the square around its product box (enlarged by
   # `box_context`) before the usual crop, so the model sees the product at full resolution.
   crop_to_box: bool = False
@@ -491,7 +493,7 @@ def _images(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
     pixels, crop, source_size = decode_crop_resize(
         encoded[image_index], transform.image_size, choose_crop, transform.background
     )
-    views.append(to_value_range(pixels[:, ::-1] if flipped else pixels, transform.value_range))
+    views.append(pixels[:, ::-1] if flipped else pixels)
     if len(boxes):
       box, visible = box_in_crop(boxes[image_index], crop, source_size, flipped)
     else:
@@ -516,13 +518,13 @@ def _images(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
 def _images_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
   pixels, views = (transform.image_size, transform.image_size, 3), transform.num_views
   if views == 1:
-    spec = _spec(image=(pixels, np.float32), box=((4,), np.float32), box_mask=((), np.bool_))
+    spec = _spec(image=(pixels, np.uint8), box=((4,), np.float32), box_mask=((), np.bool_))
     if _image_presence(transform):
       spec.update(_spec(image_present=((), np.bool_)))
     if _masks_patches(transform):
       spec.update(_spec(**_mlm_mask_spec(transform, "image", _num_patches(transform))))
     return spec
-  return _spec(images=((views, *pixels), np.float32), boxes=((views, 4), np.float32),
+  return _spec(images=((views, *pixels), np.uint8), boxes=((views, 4), np.float32),
                box_mask=((views,), np.bool_), view_mask=((views,), np.bool_))
 
 
@@ -636,12 +638,12 @@ def _video(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
       except SkipRecord as error:
         raise SkipRecord("undecodable_video") from error
       mask[slot] = True
-  return {"video": to_value_range(video, transform.value_range), "video_mask": mask}
+  return {"video": video, "video_mask": mask}
 
 
 def _video_spec(transform: ExampleTransform) -> dict[str, ArraySpec]:
   frames, size = transform.video_frames, transform.video_size
-  return _spec(video=((frames, size, size, 3), np.float32), video_mask=((frames,), np.bool_))
+  return _spec(video=((frames, size, size, 3), np.uint8), video_mask=((frames,), np.bool_))
 
 
 def _audio(transform: ExampleTransform, record, rng) -> dict[str, np.ndarray]:
@@ -925,9 +927,24 @@ def _to_str(value: bytes | str) -> str:
   return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-def to_value_range(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+# The example fields that hold uint8 RGB pixels ([..., H, W, 3]).
+PIXEL_FIELDS = ("image", "images", "video")
+
+
+def to_value_range(pixels, value_range: tuple[float, float]):
+  """uint8 `pixels` (numpy or jax) as float32, 0..255 mapped linearly onto `value_range`."""
   low, high = value_range
-  scaled = pixels.astype(np.float32)  # a copy, also of a flipped view: contiguous output
-  scaled *= (high - low) / 255.0
-  scaled += low
-  return scaled
+  return pixels.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
+
+
+def pixels_to_value_range(batch: Mapping[str, Any], value_range: tuple[float, float]
+                          ) -> dict[str, Any]:
+  """`batch` as the models see it: its uint8 `PIXEL_FIELDS` in `value_range` (float32).
+
+  The trainer applies it inside the compiled step and the evaluators' forward pass
+  (`trainer.Setup.model_inputs`), so the scaling runs on the device. Pixel fields that are
+  already floating point are taken to be in `value_range` and pass unchanged.
+  """
+  return {key: to_value_range(value, value_range)
+          if key in PIXEL_FIELDS and value.dtype == np.uint8 else value
+          for key, value in batch.items()}

@@ -155,8 +155,7 @@ class GroundingEvaluator(common.SplitEvaluator):
     for index in sorted(row_of)[: self.num_pictures]:
       example = self.data.transform(source[index])  # the view the model saw (deterministic)
       box = example["box"] if example["box_mask"] else None
-      tiles.append(_picture_pair(example["image"], maps[row_of[index]], box, self.threshold,
-                                 self.data.input_config.value_range))
+      tiles.append(_picture_pair(example["image"], maps[row_of[index]], box, self.threshold))
     if not tiles:
       return
     columns = min(PICTURES_PER_ROW, len(tiles))
@@ -171,10 +170,9 @@ class GroundingEvaluator(common.SplitEvaluator):
 
 
 def _picture_pair(image: np.ndarray, heatmap: np.ndarray, box: np.ndarray | None,
-                  threshold: float, value_range: tuple[float, float]) -> Image.Image:
-  low, high = value_range
-  pixels = np.clip((np.asarray(image, np.float32) - low) / (high - low) * 255, 0, 255)
-  photo = Image.fromarray(pixels.astype(np.uint8)).resize((PICTURE_TILE, PICTURE_TILE))
+                  threshold: float) -> Image.Image:
+  """The uint8 photo beside its heat map, the true box on both, the predicted one on the map."""
+  photo = Image.fromarray(np.ascontiguousarray(image)).resize((PICTURE_TILE, PICTURE_TILE))
   heatmap = np.nan_to_num(np.asarray(heatmap, np.float32))
   scaled = (heatmap - heatmap.min()) / max(float(heatmap.max() - heatmap.min()), 1e-12)
   heat = Image.fromarray((scaled * 255).astype(np.uint8)).resize(

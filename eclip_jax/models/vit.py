@@ -1,7 +1,8 @@
 """Vision Transformer image tower (big_vision's ViT, pre-LN).
 
-    images [B,H,W,3] in [-1,1] -> patch embedding (conv, stride = patch) + position embedding
-    -> [CLS] + patch tokens -> Encoder (final LN) -> pooled [B,width], patch tokens [B,N,width]
+    images [B,H,W,3], float in input.value_range
+    -> patch embedding (conv, stride = patch) + position embedding -> [CLS] + patch tokens
+    -> Encoder (final LN) -> pooled [B,width], patch tokens [B,N,width]
 
 `variant` is `"<size>/<patch>"` (`"S/16"`, `"B/32"`, `"B/16"`, `"L/14"`, ...) or `"tiny"`, a
 CPU-test size whose patch is the `patch_size` field (default 8). Pooling is `"cls"` (a learned
@@ -87,6 +88,10 @@ class PatchEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+      raise TypeError(
+          f"the image tower takes float pixels in input.value_range, not {images.dtype}: scale "
+          "a pipeline batch's uint8 pixels first (trainer.Setup.model_inputs)")
     batch, height, width, channels = images.shape
     p = self.patch
     kernel = self.param(
