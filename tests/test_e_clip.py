@@ -1,8 +1,6 @@
 """e-CLIP: multi-stream accumulation (grad_cache) gives the full batch's gradient, the
 duplicate rate, title cleaning and pair filtering, and the e_clip config."""
 
-import functools
-
 import jax
 import ml_collections
 import numpy as np
@@ -37,9 +35,12 @@ def _value_and_grads(config, strategy, mesh, batch):
   setup = trainer.Setup(config, mesh)
   state = setup.init_state()
   batch = parallel.to_global(batch, mesh)
+  strategy_fn = gradients.get(strategy)
   with setup.context():
-    (loss, metrics), grads = jax.jit(functools.partial(
-        gradients.get(strategy), setup.step_loss))(state.params, batch, jax.random.key(0))
+    (loss, metrics), grads = jax.jit(
+        lambda params, batch, rng: strategy_fn(setup.step_loss, params,
+                                               setup.model_inputs(batch), rng)
+    )(state.params, batch, jax.random.key(0))
   return float(loss), jax.device_get(metrics), jax.device_get(grads)
 
 
@@ -86,8 +87,8 @@ def test_duplicate_rate_counts_rows_whose_product_has_another_listing():
   config = tiny_config()
   loss_fn = objectives.weighted_loss(config, mesh)
   batch = parallel.to_global(random_batch(config, 0), mesh)  # pairs of duplicate listings
-  outputs = {"image_emb": batch["image"].reshape(16, -1)[:, :8], "logit_scale": 10.0,
-             "text_emb": batch["image"].reshape(16, -1)[:, 8:16]}
+  features = batch["image"].astype(jax.numpy.float32).reshape(16, -1)
+  outputs = {"image_emb": features[:, :8], "logit_scale": 10.0, "text_emb": features[:, 8:16]}
   _, metrics = jax.jit(loss_fn)(outputs, batch)
   assert float(metrics["duplicate_rate"]) == 1.0
 
