@@ -49,7 +49,6 @@ from eclip_jax import optim
 from eclip_jax import parallel
 from eclip_jax.data import pipeline
 from eclip_jax.data import tokenizer as tokenizer_lib
-from eclip_jax.data import transforms
 from eclip_jax.objectives import contrastive
 
 
@@ -209,7 +208,7 @@ class Setup:
   def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
     """A pipeline batch as the model and objectives take it: uint8 pixels scaled to
     `input.value_range`, in whatever program traces this (on the device)."""
-    return transforms.pixels_to_value_range(batch, tuple(self.config.input.value_range))
+    return pipeline.model_inputs(batch, tuple(self.config.input.value_range))
 
   def _init_boxed(self, rng: jax.Array) -> TrainState:
     variables = self.model.init(rng, self.model_inputs(init_batch(self.config.input)))

@@ -2,6 +2,7 @@
 
 import io
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -33,6 +34,27 @@ def test_batches_have_the_contract_keys_and_shapes(tiny_input_config):
     assert batch[key].shape[0] == 8, key
   assert transforms.SKIPPED_KEY not in batch
   assert batch["video_mask"].all() and batch["audio_mask"].all()  # toyshop has both
+
+
+@pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0), (-0.5, 2.0)])
+def test_model_inputs_map_pixels_onto_the_value_range_as_the_host_does(value_range):
+  levels = np.arange(256).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+  low, high = value_range
+  want = low + levels * ((high - low) / 255)  # float64
+  host = transforms.to_value_range(levels.astype(np.uint8), value_range)
+  np.testing.assert_allclose(host, want, rtol=0, atol=1e-6)
+  batch = {"image": levels.astype(np.uint8), "images": levels[None].astype(np.uint8),
+           "video": levels[None].astype(np.uint8), "audio": np.linspace(-1, 1, 5, np.float32),
+           "text_tokens": np.arange(4, dtype=np.int32)}
+  compiled = jax.jit(lambda b: pipeline.model_inputs(b, value_range))(batch)
+  for key, expected in (("image", want), ("images", want[None]), ("video", want[None])):
+    assert compiled[key].dtype == np.float32
+    np.testing.assert_allclose(compiled[key], expected, rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(compiled["audio"], batch["audio"])
+  np.testing.assert_array_equal(compiled["text_tokens"], batch["text_tokens"])
+  # Pixels already in floating point are taken as in the range: unchanged.
+  floats = {"image": host}
+  assert pipeline.model_inputs(floats, value_range)["image"] is host
 
 
 def test_two_views_are_the_same_product(tiny_input_config):

@@ -2,7 +2,6 @@
 
 import io
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -237,26 +236,6 @@ def test_example_keys_values_and_absent_modalities(tokenizer):
   assert example["audio"].shape == (100,) and not example["audio_mask"].any()
   assert not transform(_record([_encode(_solid(0), "PNG")], attributes={"key": [], "value": []})
                        )["table_mask"].any()
-
-
-@pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0), (-0.5, 2.0)])
-def test_pixels_reach_the_value_range_alike_on_the_host_and_in_a_compiled_program(value_range):
-  levels = np.arange(256).reshape(1, 16, 16, 1).repeat(3, axis=-1)
-  low, high = value_range
-  want = low + levels * ((high - low) / 255)  # float64
-  batch = {"image": levels.astype(np.uint8), "images": levels[None].astype(np.uint8),
-           "video": levels[None].astype(np.uint8), "audio": np.linspace(-1, 1, 5, np.float32),
-           "text_tokens": np.arange(4, dtype=np.int32)}
-  on_device = jax.jit(lambda b: transforms.pixels_to_value_range(b, value_range))(batch)
-  for scaled in (transforms.pixels_to_value_range(batch, value_range), on_device):
-    for key, expected in (("image", want), ("images", want[None]), ("video", want[None])):
-      assert scaled[key].dtype == np.float32
-      np.testing.assert_allclose(scaled[key], expected, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(scaled["audio"], batch["audio"])
-    np.testing.assert_array_equal(scaled["text_tokens"], batch["text_tokens"])
-  # Pixels already in floating point are taken as in the range: unchanged.
-  floats = {"image": want.astype(np.float32)}
-  assert transforms.pixels_to_value_range(floats, value_range)["image"] is floats["image"]
 
 
 def test_audio_resampled_and_video_frames_sampled(tokenizer):

@@ -73,7 +73,7 @@ def default_input_config() -> ml_collections.ConfigDict:
       "crop_to_box": False,
       "box_context": 0.25,
       # The range the models see pixels in: batches carry uint8 pixels, which the compiled
-      # step maps onto it (transforms.pixels_to_value_range).
+      # step maps onto it (model_inputs).
       "value_range": (-1.0, 1.0),
       "background": (255, 255, 255),  # the RGB that transparent image pixels show
       "tokenizer": "",  # .model path; "" = the one `prepare` stored beside the dataset
@@ -217,6 +217,23 @@ def example_spec(input_config: ml_collections.ConfigDict) -> dict[str, transform
   """Every key of a training example the `input` section describes, with shape and dtype
   (no data needed): what models are initialized from and FLOPs are counted on."""
   return make_transform(input_config, builder=None).example_spec()
+
+
+def model_inputs(batch: Mapping[str, Any], value_range: tuple[float, float]) -> dict[str, Any]:
+  """`batch` as the models take it: its uint8 pixel fields (`transforms.PIXEL_FIELDS`) as
+  float32 in `value_range`, in whatever program traces this (the trainer's compiled step and
+  evaluation forward: on the device). Pixel fields already in floating point are taken to
+  be in `value_range` and pass unchanged.
+
+  Inside a compiled program XLA may fuse `x * scale + low` into one multiply-add, which
+  rounds once instead of twice: 158 of the 256 levels then land one float32 rounding
+  (≤ 1.2e-7) away from what `transforms.to_value_range` gives on the host. (A lookup of the
+  host's 256 values avoids that, but a persistent compilation cache then returned XLA:CPU
+  executables that trained to NaN: BENCHMARKS.md, "uint8 pixels to the device".)
+  """
+  return {key: transforms.to_value_range(value, value_range)
+          if key in transforms.PIXEL_FIELDS and value.dtype == np.uint8 else value
+          for key, value in batch.items()}
 
 
 def _prefetch_in_workers(dataset: grain.IterDataset, num_workers: int) -> grain.IterDataset:

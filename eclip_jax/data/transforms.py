@@ -16,8 +16,8 @@ Every image becomes 8-bit RGB the same way (`to_rgb`): 16-bit images (and 32-bit
 ones, read as 16-bit) are scaled from 0..65535, and transparency (RGBA, LA, a palette or
 colour with a transparent entry) is composited on `input.background` (default white: a
 catalog cut-out stays a product on white, not on black). Pixels leave the pipeline as that
-uint8 (`PIXEL_FIELDS`): the compiled step scales them to `input.value_range` on the device
-(`pixels_to_value_range`), which spares the host a float copy of every image and the
+uint8 (`PIXEL_FIELDS`): the compiled step maps them onto `input.value_range` on the device
+(`pipeline.model_inputs`), which spares the host a float copy of every image and the
 transfer 4x the bytes.
 
 SCALE's inputs (M5Product) are modalities too: `audio_mel` (log-mel frames from the
@@ -932,19 +932,7 @@ PIXEL_FIELDS = ("image", "images", "video")
 
 
 def to_value_range(pixels, value_range: tuple[float, float]):
-  """uint8 `pixels` (numpy or jax) as float32, 0..255 mapped linearly onto `value_range`."""
+  """uint8 `pixels` (numpy, or jax in a compiled program) as float32, 0..255 mapped linearly
+  onto `value_range`."""
   low, high = value_range
   return pixels.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
-
-
-def pixels_to_value_range(batch: Mapping[str, Any], value_range: tuple[float, float]
-                          ) -> dict[str, Any]:
-  """`batch` as the models see it: its uint8 `PIXEL_FIELDS` in `value_range` (float32).
-
-  The trainer applies it inside the compiled step and the evaluators' forward pass
-  (`trainer.Setup.model_inputs`), so the scaling runs on the device. Pixel fields that are
-  already floating point are taken to be in `value_range` and pass unchanged.
-  """
-  return {key: to_value_range(value, value_range)
-          if key in PIXEL_FIELDS and value.dtype == np.uint8 else value
-          for key, value in batch.items()}

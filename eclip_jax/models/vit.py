@@ -91,7 +91,7 @@ class PatchEmbed(nn.Module):
     if not jnp.issubdtype(images.dtype, jnp.floating):
       raise TypeError(
           f"the image tower takes float pixels in input.value_range, not {images.dtype}: scale "
-          "a pipeline batch's uint8 pixels first (trainer.Setup.model_inputs)")
+          "a pipeline batch's uint8 pixels first (data.pipeline.model_inputs)")
     batch, height, width, channels = images.shape
     p = self.patch
     kernel = self.param(
