@@ -227,7 +227,7 @@ def model_inputs(batch: Mapping[str, Any], value_range: tuple[float, float]) -> 
 
   Inside a compiled program XLA may fuse `x * scale + low` into one multiply-add, which
   rounds once instead of twice: 158 of the 256 levels then land one float32 rounding
-  (≤ 1.2e-7) away from what `transforms.to_value_range` gives on the host. (A lookup of the
+  (≤ 1.2e-7 in [-1, 1]) from what `transforms.to_value_range` gives on the host. (A lookup of the
   host's 256 values avoids that, but a persistent compilation cache then returned XLA:CPU
   executables that trained to NaN: BENCHMARKS.md, "uint8 pixels to the device".)
   """
