@@ -143,6 +143,8 @@ def test_scale_evidence_tabulates_recorded_arms(tmp_path):
   assert scale_evidence._config("five") == "configs/scale.py:tiny"
   assert scale_evidence._config("missing0.3_complete_only") == (
       "configs/scale.py:tiny,missing=0.3,complete_only")
+  assert scale_evidence._config("text+image_off") == (
+      "configs/scale.py:tiny,modalities=text+image,harmonize=off")
 
 
 def test_scale_evidence_averages_a_diagnostic_over_the_pairs_each_run_has(tmp_path):
