@@ -50,7 +50,8 @@ ARMS = {
 _ABLATION = ("text", "text+image", "text+image+table", "text+image+table+video")
 ARMS.update({f"{arm}_off": f"{ARMS[arm]},harmonize=off" for arm in _ABLATION})
 TABLES = {
-    "The ablation: one modality added per row (the publication's order; the released code's weighting)":
+    ("The ablation: one modality added per row (the publication's order; the released "
+     "code's weighting)"):
         (*_ABLATION, "five"),
     "The same ablation without task weighting (`harmonize=off` on every row)":
         (*(f"{arm}_off" for arm in _ABLATION), "harmonize_off"),
