@@ -40,6 +40,8 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/scale_step.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/checkpoint_blocking.py
+	$(PY) -m eclip_jax.data.prepare --dataset=toyshop/medium_light --data_dir=$(DATA_DIR)
+	$(PY) benchmarks/data_wait.py --data_dir=$(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) *.egg-info

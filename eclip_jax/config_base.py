@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.total_steps = 1000  # the length of the schedule
   config.stop_after_steps = 0  # stop (with a checkpoint) at this step; 0 = at total_steps
   config.log_every_steps = 50
+  # Steps dispatched but unfinished at most (0 = no limit): the loop waits for the oldest
+  # while the input pipeline reads ahead (trainer.StepsInFlight).
+  config.max_steps_in_flight = 2
   config.eval_every_steps = 500  # 0: only at the end
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3  # most recent ones kept

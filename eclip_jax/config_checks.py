@@ -58,6 +58,7 @@ RANGES = {
     "total_steps": COUNT,
     "stop_after_steps": COUNT_OR_ZERO,
     "log_every_steps": COUNT,
+    "max_steps_in_flight": COUNT_OR_ZERO,
     "eval_every_steps": COUNT_OR_ZERO,
     "checkpoint_every_steps": COUNT_OR_ZERO,
     "keep_checkpoints": COUNT,

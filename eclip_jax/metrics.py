@@ -85,9 +85,12 @@ class StepTimer:
   gives the averages since the previous call (or `reset()`).
 
   The two fractions differ because JAX dispatches asynchronously (on CPU too): the host
-  fetches the next batch while the step runs, so `perf/data_wait_frac` (host time in the
-  fetch) can be large while the step never waits. `perf/device_idle_frac` is the time the
-  step did wait: before each step, how long after the previous one finished it was
+  fetches the next batch while the step runs. The trainer's loop waits for a step once
+  `config.max_steps_in_flight` are unfinished, so a long fetch there means the input was
+  not ready when the loop had room for a step; with no limit, the loop runs ahead of the
+  steps and sits in the fetch instead, so `perf/data_wait_frac` (host time in the fetch)
+  can be large while the step never waits. `perf/device_idle_frac` is the time the step
+  did wait: before each step, how long after the previous one finished it was
   dispatched, max(0, dispatched_n - finished_(n-1)), summed. It counts every cause (input,
   logging, a blocking save) and needs `outputs`, any of the step's results: a short-lived
   thread per step blocks on them and records when they are ready (its wake-up latency,

@@ -2,7 +2,8 @@
 
     config -> mesh, model, objectives, optimizer -> sharded init (or resume / init_from)
            -> AOT-compiled step (memory analysis logged) -> loop:
-              next batch -> parallel.to_global -> step -> hooks (metrics, evals, checkpoints)
+              next batch -> parallel.to_global -> step (at most config.max_steps_in_flight
+              unfinished) -> hooks (metrics, evals, checkpoints)
 
 Models, objectives and gradient strategies are plug-ins named by the config (`model.name`,
 `objectives`, `train.gradients`); the trainer only knows their contracts:
@@ -17,6 +18,7 @@ pipeline re-forms at each stage's first step, and one step is compiled per batch
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -347,6 +349,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   writer = metrics_lib.MetricWriter(workdir, enabled=is_primary, resume_step=start_step)
 
   timer = metrics_lib.StepTimer()
+  in_flight = StepsInFlight(config.max_steps_in_flight)
   progress = _Progress(start_step, config.total_steps, enabled=is_primary)
   compiled_steps, last, preempted = {}, {}, False  # batch shapes -> compiled step
   final_step = min(config.stop_after_steps or config.total_steps, config.total_steps)
@@ -362,6 +365,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
           timer.reset()  # nor is the first batch's wait, the input pipeline starting up
       state, step_metrics = compiled_steps[shapes](state, batch)
       timer.step_done(batch_size=batch["product_id"].shape[0], outputs=step_metrics)
+      in_flight.add(step_metrics)
       checkpointer.check_saves()  # a save that failed in the background stops the run now
 
       row = {}
@@ -403,6 +407,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         f"{checkpointer.directory}/{step}; run the same command again to continue from there."
     )
   return last
+
+
+class StepsInFlight:
+  """Keeps at most `limit` dispatched steps unfinished (0: no limit; 1: synchronous).
+
+  JAX dispatches asynchronously, so without a limit the loop runs ahead of the steps for as
+  long as batches come: on the 2-core CPU, 14 (CLIP) to 30 (ECLIP) steps between two log
+  lines, each holding its batch, with the loop sitting in the next fetch while the steps
+  run. With a limit, the loop waits for the oldest step instead, and the input pipeline
+  reads ahead meanwhile (`input.prefetch_batches`), so a fetch finds its batch ready. The
+  default, 2, keeps one step queued behind the running one: the device does not wait for
+  the loop's fetch and dispatch as long as they take less than a step (BENCHMARKS.md,
+  "Input pipeline vs the step").
+  """
+
+  def __init__(self, limit: int):
+    self._limit = limit
+    self._unfinished = collections.deque()
+
+  def add(self, outputs: Any) -> None:
+    """Counts a step dispatched just now (`outputs`: any of its results); returns once at
+    most `limit - 1` of the counted steps can still be running (the oldest waited for)."""
+    if not self._limit:
+      return
+    self._unfinished.append(outputs)
+    while len(self._unfinished) >= self._limit:
+      jax.block_until_ready(self._unfinished.popleft())
 
 
 class _TrainData:

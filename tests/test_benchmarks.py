@@ -14,10 +14,12 @@ import jax  # noqa: F401  (before the harness: the tests' 8 devices stay as conf
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
 import checkpoint_blocking  # noqa: E402  (benchmarks/ is scripts, not a package)
+import data_wait  # noqa: E402
 import ladder  # noqa: E402
 import profile_step  # noqa: E402
 import scale_evidence  # noqa: E402
 import train_step  # noqa: E402
+from tests.helpers import tiny_config  # noqa: E402
 
 
 def test_checkpoint_blocking_reports_every_mode():
@@ -33,6 +35,19 @@ def test_checkpoint_blocking_reports_every_mode():
   assert by_mode["sync"]["overlapped"] == 0  # a synchronous save is done when it returns
   table = checkpoint_blocking.format_table(rows)
   assert len(table.splitlines()) == 2 + len(rows)
+
+
+def test_data_wait_reports_every_mode_at_every_log_step(toyshop_tiny):
+  config = tiny_config(toyshop_tiny[0], total_steps=100)
+  rows = data_wait.measure({"tiny": config}, rounds=1, steps=3)
+  assert [row["mode"] for row in rows] == list(data_wait.MODES)
+  for row in rows:
+    assert [len(row[key]) for key in data_wait.LOGGED] == [3] * len(data_wait.LOGGED)
+    assert all(v > 0 for v in row["perf/examples_per_sec"])
+    assert all(0 <= v <= 1 for v in row["perf/data_wait_frac"] + row["perf/device_idle_frac"])
+  # The bound on steps in flight and the read-ahead change when work happens, not what.
+  assert rows[0]["train/loss"] == rows[1]["train/loss"]
+  assert len(data_wait.format_table(rows).splitlines()) == 2 + len(rows)
 
 
 def _tiny_clip():

@@ -129,6 +129,28 @@ def test_an_async_save_holds_the_state_it_was_given_while_steps_donate_it(tmp_pa
   checkpointer.close()
 
 
+class _DispatchedStep:
+  """A step's result that records when the loop blocks on it."""
+
+  def __init__(self, index: int, blocked_on: list[int]):
+    self.index, self._blocked_on = index, blocked_on
+
+  def block_until_ready(self):
+    self._blocked_on.append(self.index)
+    return self
+
+
+@pytest.mark.parametrize("limit,blocked_on", [(0, []), (1, [0, 1, 2, 3]), (2, [0, 1, 2]),
+                                              (3, [0, 1])])
+def test_the_loop_waits_for_the_oldest_step_beyond_max_steps_in_flight(limit, blocked_on):
+  """After each dispatch, fewer than `limit` steps stay unfinished, the oldest waited for first."""
+  waited = []
+  in_flight = trainer.StepsInFlight(limit)
+  for index in range(4):
+    in_flight.add({"loss": _DispatchedStep(index, waited)})
+  assert waited == blocked_on
+
+
 def test_init_from_loads_only_matching_params(tmp_path):
   config = tiny_config()
   source = trainer.Setup(config).init_state()
@@ -261,6 +283,7 @@ def test_a_moved_config_override_names_its_new_home(tmp_path):
     ("optim.grad_clip", float("inf"), "config.optim.grad_clip=inf: must be a finite number >= 0"),
     ("optim.b2", 1.0, "config.optim.b2=1.0: must be a finite number in [0, 1)"),
     ("optim.eps", 0.0, "config.optim.eps=0.0: must be a finite number > 0"),
+    ("max_steps_in_flight", -1, "config.max_steps_in_flight=-1: must be an integer >= 0"),
     ("input.batch_size", 0, "config.input.batch_size=0: must be an integer >= 1"),
     ("input.num_views", 0, "config.input.num_views=0: must be an integer >= 1"),
     ("input.max_text_len", 1, "config.input.max_text_len=1: must be an integer >= 2"),

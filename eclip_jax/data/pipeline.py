@@ -60,9 +60,9 @@ def default_input_config() -> ml_collections.ConfigDict:
       "read_threads": 4,  # threads per process reading + transforming records
       "prefetch_buffer_size": 128,  # elements read ahead per process
       # Whole training batches a background thread assembles ahead of the loop (0 = none),
-      # for hosts whose cores idle while the accelerator steps. Off by default: on a 2-core
-      # CPU the step already keeps both cores busy, and it measured ~8% slower (BENCHMARKS.md).
-      "prefetch_batches": 0,
+      # while the loop waits for a step (config.max_steps_in_flight): the fetch then finds
+      # its batch ready instead of pulling each example through the iterators itself.
+      "prefetch_batches": 2,
       "modalities": ("image", "text"),  # of transforms.MODALITIES
       "image_size": 64,
       "num_views": 1,  # images of the product per example (ECLIP uses 2)
