@@ -2,7 +2,7 @@ r"""How long the training loop waits for its input: `make demo`'s runs, with and
 loop's bound on steps in flight.
 
   python benchmarks/data_wait.py --data_dir=data [--config=clip.py:tiny --config=...]
-      [--steps=150] [--rounds=2]
+      [--steps=150] [--rounds=2] [--no_limit_first]
 
 Configs (default: the demo's two, clip.py:tiny and eclip.py:tiny, on the data `make demo`
 builds) are train_step.py's. Each run is the real trainer (`trainer.train`, one CPU device
@@ -15,7 +15,8 @@ as `python -m eclip_jax.main` has) for `steps` steps without evaluation, in each
              fast as batches come and pulls each batch's examples through the pipeline
              itself (the trainer before 2026-12-06).
 
-The modes take turns each round, so machine noise spreads over both. Columns, from the
+The modes take turns each round, so machine noise spreads over both (`--no_limit_first`
+swaps their order: on this machine the first run of a pair tends to be the slower). Columns, from the
 run's `metrics.jsonl` at its log steps (three per run): examples/s, `perf/data_wait_frac`
 (the share of wall time the loop spends fetching a batch) and `perf/device_idle_frac` (the
 share in which no step was running), each as the log steps' values; the last logged loss,
@@ -27,10 +28,9 @@ from __future__ import annotations
 import harness  # noqa: F401  (first: sets the device count before JAX starts)
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Iterable, Mapping  # noqa: E402
+from collections.abc import Iterable, Mapping, Sequence  # noqa: E402
 
 import ml_collections  # noqa: E402
 from absl import logging  # noqa: E402
@@ -49,8 +49,7 @@ LOGGED = ("perf/examples_per_sec", "perf/data_wait_frac", "perf/device_idle_frac
 
 def run(config: ml_collections.ConfigDict, overrides: Mapping[str, object], steps: int) -> dict:
   """One training run of `steps` steps under `overrides`: {metric: [value per log step]}."""
-  config = copy.deepcopy(config)
-  config.update_from_flattened_dict(dict(overrides))
+  config = train_step.with_fields(config, overrides)
   config.stop_after_steps = steps
   config.log_every_steps = max(1, steps // 3)
   config.eval_every_steps = 0  # and total_steps stays the recipe's: no final evaluation
@@ -60,15 +59,16 @@ def run(config: ml_collections.ConfigDict, overrides: Mapping[str, object], step
   return {key: [row[key] for row in rows] for key in LOGGED}
 
 
-def measure(configs: Mapping[str, ml_collections.ConfigDict], rounds: int,
-            steps: int) -> list[dict]:
-  """Every config in every mode, the modes taking turns each round; a row per run."""
+def measure(configs: Mapping[str, ml_collections.ConfigDict], rounds: int, steps: int,
+            modes: Sequence[str] = tuple(MODES)) -> list[dict]:
+  """Every config in every mode, the modes taking turns each round in the order given; a
+  row per run."""
   rows = []
   for round_index in range(1, rounds + 1):
     for name, config in configs.items():
-      for mode, overrides in MODES.items():
+      for mode in modes:
         rows.append({"config": name, "mode": mode, "round": round_index,
-                     **run(config, overrides, steps)})
+                     **run(config, MODES[mode], steps)})
   return rows
 
 
@@ -92,6 +92,8 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--config", action="append", help=f"default: {DEFAULT_CONFIGS}")
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--no_limit_first", action="store_true",
+                      help="run `no limit` before `defaults` in each round")
   parser.add_argument("--devices", type=int, default=1, help="read by harness (one device)")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
@@ -99,7 +101,8 @@ def main(argv: list[str]) -> None:
   for name in args.config or DEFAULT_CONFIGS:
     configs[name] = train_step.load_config(name)
     configs[name].input.data_dir = args.data_dir
-  rows = measure(configs, rounds=args.rounds, steps=args.steps)
+  modes = list(MODES)[::-1] if args.no_limit_first else list(MODES)
+  rows = measure(configs, rounds=args.rounds, steps=args.steps, modes=modes)
   print("python benchmarks/data_wait.py " + " ".join(argv))
   print()
   print(format_table(rows))

@@ -2,9 +2,10 @@ r"""Where a train step's time goes: XLA's per-op times from a `jax.profiler` tra
 to the model's modules, and how many cores the step keeps busy.
 
   python benchmarks/profile_step.py [--config=clip.py:tiny] [--steps=5] [--top=12]
-      [--trace_dir=/tmp/profile_step] [--devices=1]
+      [--trace_dir=/tmp/profile_step] [--devices=1] [--set='model.scan_layers=False']
 
-It compiles the config's real train step (benchmarks/harness.py), traces `--steps` steps,
+`--set` changes config fields as train_step.py's `--try` does. It compiles the config's
+real train step (benchmarks/harness.py), traces `--steps` steps,
 reads the trace back (`jax.profiler.ProfileData`) and joins every XLA op event with the
 compiled HLO's `op_name` metadata, which names the JAX code that emitted the op. Tables:
 
@@ -130,10 +131,16 @@ def main(argv: list[str] | None = None, print_fn: Callable[[str], None] = print)
   parser.add_argument("--top", type=int, default=12)
   parser.add_argument("--trace_dir", default="/tmp/profile_step")
   parser.add_argument("--devices", type=int, default=1)
+  parser.add_argument("--set", dest="fields", default="",
+                      help="FIELD=VALUE[;FIELD=VALUE...]: config fields to change")
   args = parser.parse_args(argv)
-  result = profile(train_step.load_config(args.config), args.steps, args.trace_dir)
+  config = train_step.load_config(args.config)
+  if args.fields:
+    config = train_step.with_fields(config, train_step.parse_try(args.fields))
+  result = profile(config, args.steps, args.trace_dir)
   print_fn(f"python benchmarks/profile_step.py --config={args.config} --steps={args.steps} "
-           f"--top={args.top} --devices={args.devices}\n")
+           f"--top={args.top} --devices={args.devices}"
+           + (f" --set='{args.fields}'" if args.fields else "") + "\n")
   print_fn(report(result, args.top))
   return result
 
