@@ -39,6 +39,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/eclip_step.py
 	$(PY) benchmarks/scale_step.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/dot_layout.py
 	$(PY) benchmarks/checkpoint_blocking.py
 	$(PY) -m eclip_jax.data.prepare --dataset=toyshop/medium_light --data_dir=$(DATA_DIR)
 	$(PY) benchmarks/data_wait.py --data_dir=$(DATA_DIR)

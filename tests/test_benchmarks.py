@@ -15,6 +15,7 @@ import jax  # noqa: F401  (before the harness: the tests' 8 devices stay as conf
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
 import checkpoint_blocking  # noqa: E402  (benchmarks/ is scripts, not a package)
 import data_wait  # noqa: E402
+import dot_layout  # noqa: E402
 import ladder  # noqa: E402
 import profile_step  # noqa: E402
 import scale_evidence  # noqa: E402
@@ -48,6 +49,18 @@ def test_data_wait_reports_every_mode_at_every_log_step(toyshop_tiny):
   # The bound on steps in flight and the read-ahead change when work happens, not what.
   assert rows[0]["train/loss"] == rows[1]["train/loss"]
   assert len(data_wait.format_table(rows).splitlines()) == 2 + len(rows)
+
+
+def test_dot_layout_times_the_same_computation_in_both_layouts(monkeypatch):
+  monkeypatch.setitem(dot_layout.SHAPES, "test", (2, 3, 8, 16))
+  outputs = [fn(*args) for fn, args in (dot_layout.program(2, 3, 8, 16, layout)
+                                        for layout in dot_layout.LAYOUTS)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), *outputs)
+  rows = dot_layout.measure(["test"], rounds=1, repeats=1)
+  assert [row["layout"] for row in rows] == list(dot_layout.LAYOUTS)
+  assert all(row["ms"] > 0 and row["gflop_per_s"] > 0 for row in rows)
+  assert rows[0]["vs_3d"] == 1.0
+  assert len(dot_layout.format_table(rows).splitlines()) == 2 + len(rows)
 
 
 def _tiny_clip():
