@@ -16,11 +16,11 @@ as `python -m eclip_jax.main` has) for `steps` steps without evaluation, in each
              itself (the trainer before 2026-12-06).
 
 The modes take turns each round, so machine noise spreads over both (`--no_limit_first`
-swaps their order: on this machine the first run of a pair tends to be the slower). Columns, from the
-run's `metrics.jsonl` at its log steps (three per run): examples/s, `perf/data_wait_frac`
-(the share of wall time the loop spends fetching a batch) and `perf/device_idle_frac` (the
-share in which no step was running), each as the log steps' values; the last logged loss,
-which the mode must not change.
+swaps their order: on this machine the first run of a pair tends to be the slower).
+Columns, from the run's `metrics.jsonl` at its log steps (three per run): examples/s,
+`perf/data_wait_frac` (the share of wall time the loop spends fetching a batch) and
+`perf/device_idle_frac` (the share in which no step was running), each as the log steps'
+values; the last logged loss, which the mode must not change.
 """
 
 from __future__ import annotations

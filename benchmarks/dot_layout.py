@@ -9,7 +9,8 @@ summed), six times in a dependent chain with a small weight update between, so t
 the layout differs. The two take turns each round; medians. Shapes (`--shape`): `s16` is
 clip.py:s16's image tower at 128 px (batch 32, 64 tokens, width 384, MLP 1536), `tiny`
 clip.py:tiny's (batch 128, 65 tokens, width 64, MLP 256). `GFLOP/s` counts the six MLPs'
-dots (2 forward + 4 backward each).
+dots: 2 forward and 3 backward each (both weight gradients and the hidden layer's; the
+input's gradient is not asked for).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def measure(shapes: Iterable[str], rounds: int, repeats: int = 5) -> list[dict]:
   rows = []
   for name in shapes:
     batch, tokens, width, mlp = SHAPES[name]
-    flops = CHAIN * 6 * 2 * batch * tokens * width * mlp
+    flops = CHAIN * 5 * 2 * batch * tokens * width * mlp  # 5 dots of 2·B·T·D·M FLOPs
     programs = {layout: program(batch, tokens, width, mlp, layout) for layout in LAYOUTS}
     times = {layout: [] for layout in LAYOUTS}
     for fn, args in programs.values():
