@@ -43,6 +43,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/checkpoint_blocking.py
 	$(PY) -m eclip_jax.data.prepare --dataset=toyshop/medium_light --data_dir=$(DATA_DIR)
 	$(PY) benchmarks/data_wait.py --data_dir=$(DATA_DIR)
+	$(PY) benchmarks/startup.py --data_dir=$(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) *.egg-info

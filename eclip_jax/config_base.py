@@ -41,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_from = ""
   config.init_params = ".*"  # regex over "/"-joined param paths to take from init_from
   config.peak_flops_per_device = 0.0  # for MFU; 0 = unknown, MFU not reported
+  # The binary keeps compiled programs here (JAX's persistent compilation cache), so a run
+  # restarted after preemption, a repeated eval or sweep trial of the same shapes skips
+  # compiling. "" = none; $JAX_COMPILATION_CACHE_DIR, when set, is used instead.
+  config.compilation_cache_dir = "~/.cache/eclip_jax/jax"
 
   config.input = pipeline.default_input_config()
   config.mesh = parallel.default_mesh_config()

@@ -146,6 +146,33 @@ def _detected_process_count() -> int:
   return 1
 
 
+# Least recently used programs are deleted beyond this (an eclip.py:tiny run writes ~2 MB).
+COMPILATION_CACHE_MAX_BYTES = 4 << 30
+
+
+def _use_compilation_cache(directory: str) -> None:
+  """Points JAX's persistent compilation cache at `directory` (config.compilation_cache_dir)
+  unless $JAX_COMPILATION_CACHE_DIR already chose one. Only process 0 writes entries (JAX);
+  an entry that fails to read is recompiled. A local directory that cannot be created or
+  written to leaves the cache off with one warning, instead of a warning per compile."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if not directory or jax.config.jax_compilation_cache_dir:
+    return
+  directory = os.path.expanduser(directory)
+  if "://" not in directory:  # a remote path (gs://...) is left to JAX's file system layer
+    try:
+      os.makedirs(directory, exist_ok=True)
+      if not os.access(directory, os.W_OK):
+        raise PermissionError(f"{directory} is not writable")
+    except OSError as error:
+      logging.warning("No compilation cache (config.compilation_cache_dir): %s; every "
+                      "program compiles afresh.", error)
+      return
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+
+
 def _drop_abandoned_write_callbacks() -> None:
   """After a failed save, TensorStore finishes the writes Orbax abandoned by calling back into
   Orbax's closed event loop, and each 'Event loop is closed' reaches `sys.unraisablehook` as
@@ -172,6 +199,7 @@ def main(argv):
 
   cli.quiet_library_logs()
   _drop_abandoned_write_callbacks()
+  _use_compilation_cache(_CONFIG.value.compilation_cache_dir)
   try:
     _run(_CONFIG.value, _WORKDIR.value)
   except trainer.Preempted as stop:

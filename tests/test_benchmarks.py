@@ -19,8 +19,9 @@ import dot_layout  # noqa: E402
 import ladder  # noqa: E402
 import profile_step  # noqa: E402
 import scale_evidence  # noqa: E402
+import startup  # noqa: E402
 import train_step  # noqa: E402
-from tests.helpers import tiny_config  # noqa: E402
+from tests.helpers import TINY_FLAGS, tiny_config  # noqa: E402
 
 
 def test_checkpoint_blocking_reports_every_mode():
@@ -49,6 +50,14 @@ def test_data_wait_reports_every_mode_at_every_log_step(toyshop_tiny):
   # The bound on steps in flight and the read-ahead change when work happens, not what.
   assert rows[0]["train/loss"] == rows[1]["train/loss"]
   assert len(data_wait.format_table(rows).splitlines()) == 2 + len(rows)
+
+
+def test_startup_times_the_binary_with_a_cold_and_a_warm_cache(toyshop_tiny):
+  rows = startup.measure(["clip.py:tiny,runlocal"], toyshop_tiny[0], rounds=1, steps=1,
+                         extra_flags=TINY_FLAGS)
+  assert [(row["config"], row["round"]) for row in rows] == [("clip.py:tiny,runlocal", 1)]
+  assert rows[0]["cold"] > 0 and rows[0]["warm"] > 0
+  assert len(startup.format_table(rows).splitlines()) == 2 + len(rows)
 
 
 def test_dot_layout_times_the_same_computation_in_both_layouts(monkeypatch):

@@ -16,8 +16,8 @@ from eclip_jax import checkpoint as checkpoint_lib
 from eclip_jax import evals as evals_lib
 from eclip_jax import metrics as metrics_lib
 from eclip_jax import parallel, trainer
-from tests.helpers import (REPO, final_params, plain_cpu_env, random_batch, run_binary,
-                           run_steps, tiny_config)
+from tests.helpers import (REPO, binary_command, final_params, plain_cpu_env, random_batch,
+                           run_binary, run_steps, tiny_config)
 
 
 @pytest.mark.parametrize("mesh_config", [{"data": 8}, {"data": 4, "fsdp": 2},
@@ -412,6 +412,36 @@ def test_binary_errors_are_one_line(toyshop_tiny, tmp_path, flags, code, line):
   result = run_binary(workdir, toyshop_tiny[0], *flags, check=False)
   assert _one_error_line(result, code).startswith(line.format(workdir=workdir))
   assert not (workdir / checkpoint_lib.CHECKPOINT_DIR).exists()  # eval/export create nothing
+
+
+@pytest.mark.slow
+def test_the_binary_keeps_compiled_programs_in_config_compilation_cache_dir(toyshop_tiny,
+                                                                            tmp_path):
+  """A second run of the same config loads its programs from the cache the first wrote; a
+  cache directory that cannot be made costs one warning, not the run. (The suite's own
+  $JAX_COMPILATION_CACHE_DIR, which would take precedence, is left out here.)"""
+  env = {k: v for k, v in plain_cpu_env().items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(JAX_LOG_COMPILES="1",  # cache hits logged as warnings
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+  def run(name, cache):
+    command = binary_command(tmp_path / name, toyshop_tiny[0], "--config.total_steps=2",
+                             "--config.eval_every_steps=0", "--config.evals={}",
+                             f"--config.compilation_cache_dir={cache}", run_flags=())
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+  cache = tmp_path / "cache"
+  assert "Persistent compilation cache hit" not in run("first", cache)
+  assert any(cache.iterdir())
+  assert "Persistent compilation cache hit for 'jit_train_step'" in run("second", cache)
+
+  (tmp_path / "a_file").write_text("")
+  stderr = run("unusable", tmp_path / "a_file" / "cache")
+  assert stderr.count("No compilation cache (config.compilation_cache_dir)") == 1
+  assert "Error reading persistent compilation cache" not in stderr
 
 
 def test_a_missing_config_file_is_one_line_and_verbosity_shows_the_traceback(tmp_path):
