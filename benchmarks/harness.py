@@ -2,9 +2,10 @@
 example spec, and a compiled real train step.
 
 Import it before JAX: `--devices=N` on the command line (default 1) becomes XLA's host device
-count, which only takes effect before JAX initializes. Imported after JAX (from a test,
-which has its own devices) it leaves the environment alone, so no subprocess inherits a
-different device count.
+count, which only takes effect before JAX initializes (it counts CPU devices; a GPU or TPU
+machine's benchmarks run on its accelerators, which JAX picks over the CPU). Imported after
+JAX (from a test, which has its own devices) it leaves the environment alone, so no
+subprocess inherits a different device count.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ if "jax" not in sys.modules:
   _DEVICES = next((a.split("=")[1] for a in sys.argv if a.startswith("--devices=")), "1")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + f" --xla_force_host_platform_device_count={_DEVICES}").strip()
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402

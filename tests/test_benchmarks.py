@@ -6,6 +6,7 @@ import json
 import math
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -58,6 +59,17 @@ def test_startup_times_the_binary_with_a_cold_and_a_warm_cache(toyshop_tiny):
   assert [(row["config"], row["round"]) for row in rows] == [("clip.py:tiny,runlocal", 1)]
   assert rows[0]["cold"] > 0 and rows[0]["warm"] > 0
   assert len(startup.format_table(rows).splitlines()) == 2 + len(rows)
+
+
+def test_the_accelerator_script_stops_at_once_without_an_accelerator():
+  """On CPU it names the devices and exits 1 with one error line, timing nothing."""
+  script = pathlib.Path(__file__).parents[1] / "benchmarks" / "on_accelerator.sh"
+  result = subprocess.run(["bash", str(script), sys.executable], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "(cpu)" in result.stdout and "train_step" not in result.stdout
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: this jax sees CPU devices only")
 
 
 def test_dot_layout_times_the_same_computation_in_both_layouts(monkeypatch):
