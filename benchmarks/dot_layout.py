@@ -79,13 +79,13 @@ def measure(shapes: Iterable[str], rounds: int, repeats: int = 5) -> list[dict]:
   return rows
 
 
+COLUMNS: list[harness.Column] = [
+    ("shape", "shape", "{}"), ("layout", "layout", "{}"), ("ms", "ms", "{:.1f}"),
+    ("gflop_per_s", "GFLOP/s", "{:.0f}"), ("vs_3d", "vs [B, T, D]", "{:.2f}")]
+
+
 def format_table(rows: Iterable[dict]) -> str:
-  lines = [f"{'shape':>5} | {'layout':>9} | {'ms':>7} | GFLOP/s | vs [B, T, D]"]
-  lines.append("-" * len(lines[0]))
-  for row in rows:
-    lines.append(f"{row['shape']:>5} | {row['layout']:>9} | {row['ms']:7.1f} | "
-                 f"{row['gflop_per_s']:7.0f} | {row['vs_3d']:.2f}")
-  return "\n".join(lines)
+  return harness.format_table(list(rows), COLUMNS)
 
 
 def main(argv: list[str]) -> None:

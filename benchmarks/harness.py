@@ -24,6 +24,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from eclip_jax import parallel, trainer  # noqa: E402
+from tables import Column, format_table  # noqa: E402,F401  (re-exported: the scripts' tables)
 from eclip_jax.data import pipeline  # noqa: E402
 
 
@@ -66,17 +67,3 @@ def compiled_step(config: ml_collections.ConfigDict):
   state, metrics = step(setup.init_state(), batch)  # warmup
   jax.block_until_ready(metrics)
   return step, state, batch, setup
-
-
-# A table column: (row key, title, format of a value).
-Column = tuple[str, str, str]
-
-
-def format_table(rows: list[dict], columns: list[Column]) -> str:
-  """The rows as a right-aligned text table ('–' where a figure does not apply)."""
-  cells = [[title for _, title, _ in columns]]
-  cells += [["–" if row[key] is None else fmt.format(row[key]) for key, _, fmt in columns]
-            for row in rows]
-  widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-  lines = [" | ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells]
-  return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])

@@ -23,6 +23,8 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 
+import tables
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("clip.py:tiny", "eclip.py:tiny")
 
@@ -58,13 +60,14 @@ def measure(configs: Sequence[str], data_dir: str, rounds: int, steps: int,
   return rows
 
 
+COLUMNS: list[tables.Column] = [
+    ("config", "config", "{}"), ("round", "round", "{}"), ("cold", "cold cache s", "{:.1f}"),
+    ("warm", "warm cache s", "{:.1f}"), ("saved", "saved s", "{:.1f}")]
+
+
 def format_table(rows: Iterable[dict]) -> str:
-  lines = [f"{'config':>13} | round | cold cache s | warm cache s | saved s"]
-  lines.append("-" * len(lines[0]))
-  for row in rows:
-    lines.append(f"{row['config']:>13} | {row['round']:>5} | {row['cold']:>12.1f} | "
-                 f"{row['warm']:>12.1f} | {row['cold'] - row['warm']:>7.1f}")
-  return "\n".join(lines)
+  return tables.format_table([{**row, "saved": row["cold"] - row["warm"]} for row in rows],
+                             COLUMNS)
 
 
 def main() -> None:
